@@ -1,0 +1,294 @@
+#![forbid(unsafe_code)]
+//! The operations: validation, then one call into the chosen tier.
+
+use crate::dispatch::Kernels;
+use crate::kernels::ops::{Call, Data, ParamSrc};
+use crate::{Error, TensorDesc};
+
+/// The affine part of batch normalisation: `y = x̂·γ + β` with `x̂ = (x − mean)/√(var + ε)`.
+///
+/// `gamma: None` means γ = 1 and `beta: None` means β = 0 (oneDNN's `use_scale`/`use_shift` off).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine<'a> {
+    /// Per-channel scale γ (C values), or `None` for 1.
+    pub gamma: Option<&'a [f32]>,
+    /// Per-channel shift β (C values), or `None` for 0.
+    pub beta: Option<&'a [f32]>,
+    /// ε added to the variance; finite and at least 0.
+    pub eps: f32,
+}
+
+impl Default for Affine<'_> {
+    /// No γ, no β, and PyTorch's default ε = 1e-5.
+    fn default() -> Self {
+        Affine { gamma: None, beta: None, eps: 1e-5 }
+    }
+}
+
+impl<'a> Affine<'a> {
+    /// γ and β given, with ε.
+    pub const fn new(gamma: &'a [f32], beta: &'a [f32], eps: f32) -> Self {
+        Affine { gamma: Some(gamma), beta: Some(beta), eps }
+    }
+}
+
+fn check_len(what: &'static str, s: &[f32], expected: usize) -> Result<(), Error> {
+    if s.len() == expected { Ok(()) } else { Err(Error::LengthMismatch { what, expected, found: s.len() }) }
+}
+
+fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
+    let c = desc.shape().c;
+    if let Some(g) = a.gamma {
+        check_len("gamma", g, c)?;
+    }
+    if let Some(b) = a.beta {
+        check_len("beta", b, c)?;
+    }
+    if !(a.eps.is_finite() && a.eps >= 0.0) {
+        return Err(Error::InvalidEpsilon { eps: a.eps });
+    }
+    Ok(())
+}
+
+fn check_stats_out(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
+    let c = desc.shape().c;
+    check_len("mean", mean, c)?;
+    check_len("var", var, c)
+}
+
+fn check_stats_in(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
+    check_stats_out(desc, mean, var)?;
+    match var.iter().position(|v| v.is_nan() || *v < 0.0) {
+        Some(channel) => Err(Error::InvalidVariance { channel, var: var[channel] }),
+        None => Ok(()),
+    }
+}
+
+impl Kernels {
+    /// Per-channel mean and population variance (divided by the count N·S) of `x`, in one read pass.
+    ///
+    /// Errors: `x` not `desc.len()` long, or `mean`/`var` not C long.
+    pub fn moments(&self, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        crate::arch::run(self.isa(), Call::Moments { desc, x, mean, var });
+        Ok(())
+    }
+
+    /// Training forward: the batch's statistics into `mean`/`var`, then
+    /// `y = (x − mean)·γ/√(var + ε) + β`. Reads `x` twice and writes `y` once.
+    ///
+    /// Errors: slice lengths (`x`, `y`: `desc.len()`; `mean`, `var`, `gamma`, `beta`: C), ε negative or
+    /// not finite.
+    pub fn forward_training(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let data = Data::Split(x, y);
+        let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
+        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var });
+        Ok(())
+    }
+
+    /// [`forward_training`](Self::forward_training) overwriting its input: gives the same bits.
+    pub fn forward_training_in_place(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let data = Data::InPlace(xy);
+        let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
+        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var });
+        Ok(())
+    }
+
+    /// Inference forward with given statistics (running mean and variance):
+    /// `y = (x − mean)·γ/√(var + ε) + β`.
+    ///
+    /// Errors: slice lengths, ε negative or not finite, a variance negative or NaN.
+    pub fn forward_inference(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_stats_in(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params });
+        Ok(())
+    }
+
+    /// [`forward_inference`](Self::forward_inference) overwriting its input: gives the same bits.
+    pub fn forward_inference_in_place(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_stats_in(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params });
+        Ok(())
+    }
+
+    /// `y = x·scale[c] + shift[c]`, for parameters folded ahead of time.
+    ///
+    /// Errors: slice lengths (`scale`, `shift`: C).
+    pub fn channel_affine(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_len("scale", scale, desc.shape().c)?;
+        check_len("shift", shift, desc.shape().c)?;
+        let params = ParamSrc::Affine { scale, shift };
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params });
+        Ok(())
+    }
+
+    /// [`channel_affine`](Self::channel_affine) overwriting its input: gives the same bits.
+    pub fn channel_affine_in_place(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_len("scale", scale, desc.shape().c)?;
+        check_len("shift", shift, desc.shape().c)?;
+        let params = ParamSrc::Affine { scale, shift };
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params });
+        Ok(())
+    }
+}
+
+/// [`Kernels::moments`] on the best available tier.
+pub fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) -> Result<(), Error> {
+    Kernels::detect().moments(desc, x, mean, var)
+}
+
+/// [`Kernels::forward_training`] on the best available tier.
+pub fn forward_training(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &mut [f32],
+    var: &mut [f32],
+) -> Result<(), Error> {
+    Kernels::detect().forward_training(desc, x, y, affine, mean, var)
+}
+
+/// [`Kernels::forward_training_in_place`] on the best available tier.
+pub fn forward_training_in_place(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &mut [f32],
+    var: &mut [f32],
+) -> Result<(), Error> {
+    Kernels::detect().forward_training_in_place(desc, xy, affine, mean, var)
+}
+
+/// [`Kernels::forward_inference`] on the best available tier.
+pub fn forward_inference(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+) -> Result<(), Error> {
+    Kernels::detect().forward_inference(desc, x, y, affine, mean, var)
+}
+
+/// [`Kernels::forward_inference_in_place`] on the best available tier.
+pub fn forward_inference_in_place(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+) -> Result<(), Error> {
+    Kernels::detect().forward_inference_in_place(desc, xy, affine, mean, var)
+}
+
+/// [`Kernels::channel_affine`] on the best available tier.
+pub fn channel_affine(desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32]) -> Result<(), Error> {
+    Kernels::detect().channel_affine(desc, x, y, scale, shift)
+}
+
+/// [`Kernels::channel_affine_in_place`] on the best available tier.
+pub fn channel_affine_in_place(desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32]) -> Result<(), Error> {
+    Kernels::detect().channel_affine_in_place(desc, xy, scale, shift)
+}
+
+/// Updates running statistics the way PyTorch does, from a batch's `mean` and population `var` over
+/// `count` values per channel:
+/// `rm ← (1 − m)·rm + m·mean` and `rv ← (1 − m)·rv + m·var·count/(count − 1)` (computed in f64, rounded
+/// once).
+///
+/// Errors: the four slices of different lengths, `count < 2`, momentum outside `[0, 1]` or NaN.
+///
+/// ```
+/// let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
+/// bnorm::update_running_stats(&mut rm, &mut rv, &[2.0], &[3.0], 4, 0.5).unwrap();
+/// assert_eq!((rm[0], rv[0]), (1.0, 0.5 + 0.5 * 4.0));
+/// ```
+pub fn update_running_stats(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
+    count: usize,
+    momentum: f32,
+) -> Result<(), Error> {
+    let c = running_mean.len();
+    check_len("running_var", running_var, c)?;
+    check_len("mean", mean, c)?;
+    check_len("var", var, c)?;
+    if count < 2 {
+        return Err(Error::CountTooSmall { count });
+    }
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(Error::InvalidMomentum { momentum });
+    }
+    let m = momentum as f64;
+    let unbias = count as f64 / (count - 1) as f64;
+    for i in 0..c {
+        running_mean[i] = ((1.0 - m) * running_mean[i] as f64 + m * mean[i] as f64) as f32;
+        running_var[i] = ((1.0 - m) * running_var[i] as f64 + m * var[i] as f64 * unbias) as f32;
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Instruction-set back ends: the only place in the crate where `unsafe` is allowed.
+//!
+//! Every tier implements [`Simd`], a crate-private vector trait whose methods are `#[inline(always)]`.
+//! The layout kernels in `crate::kernels` are written once over that trait; each tier instantiates them
+//! in thin entry points (for the x86 tiers inside `#[target_feature]` functions, so the intrinsics
+//! inline into code compiled for that feature set).
+//!
+//! A tier's token type (`Scalar`, `Portable`, `Avx2`, `Avx512`) is a zero-sized value whose existence
+//! proves that the running CPU supports the tier: the x86 tokens can only be made by the dispatcher after
+//! detection, or through an `unsafe` constructor.
+
+pub(crate) mod portable;
+pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+/// A vector of `LANES` f32 values and the operations the kernels need.
+///
+/// Contracts shared by every implementation:
+/// - `load`/`store` read or write the first `LANES` elements of the slice; callers pass slices at least
+///   that long (shorter ones panic through a bounds check, never read out of bounds).
+/// - `load_part` reads the first `s.len() < LANES` elements and fills the other lanes from `fill`;
+///   `store_part` writes exactly `s.len() < LANES` elements. Neither touches memory past the slice.
+/// - `add`, `sub`, `mul`, `div` and `sqrt` are IEEE-754 correctly rounded; `mul_add` may or may not be
+///   fused (fused on AVX2/AVX-512 and aarch64, unfused on SSE2 and the scalar tier).
+/// - `hsum` adds the lanes in a fixed tree, so the same vector always gives the same bits.
+pub(crate) trait Simd: Copy {
+    /// Number of f32 lanes.
+    const LANES: usize;
+    /// The vector register type.
+    type V: Copy;
+
+    /// Every lane set to `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads the first `LANES` elements of `s`.
+    fn load(self, s: &[f32]) -> Self::V;
+    /// Loads `s.len() < LANES` elements; the remaining lanes come from `fill`.
+    fn load_part(self, s: &[f32], fill: Self::V) -> Self::V;
+    /// Stores into the first `LANES` elements of `s`.
+    fn store(self, s: &mut [f32], v: Self::V);
+    /// Stores the first `s.len() < LANES` lanes of `v` into `s`.
+    fn store_part(self, s: &mut [f32], v: Self::V);
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a - b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused where the tier has FMA.
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `1 / sqrt(v)` from a correctly rounded square root and a correctly rounded division; lanes where
+    /// `v == 0` give 0 (a zero-variance channel normalises to 0, never to NaN).
+    fn inv_sqrt_or_zero(self, v: Self::V) -> Self::V;
+    /// Keeps lanes `0..n` of `v` and sets the others to +0.0.
+    fn keep_first(self, v: Self::V, n: usize) -> Self::V;
+    /// The sum of all lanes, added in a fixed pairwise tree.
+    fn hsum(self, v: Self::V) -> f32;
+}
+
+use crate::dispatch::Isa;
+use crate::kernels::ops::{self, Call};
+
+/// Runs a validated call on tier `isa`. A tier the CPU lacks never reaches here (a `Kernels` value holds
+/// only available tiers); should one arrive anyway, the portable tier runs it.
+pub(crate) fn run(isa: Isa, call: Call<'_>) {
+    match isa {
+        Isa::Scalar => run_scalar(call),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => {
+            // SAFETY: `is_available` confirmed AVX-512F, AVX2, FMA and the OS's zmm/opmask state.
+            let t = unsafe { x86_64::avx512::Avx512::new_unchecked() };
+            // SAFETY: the token proves the features that `run_avx512` enables.
+            unsafe { run_avx512(t, call) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => {
+            // SAFETY: `is_available` confirmed AVX2, FMA and the OS's ymm state.
+            let t = unsafe { x86_64::avx2::Avx2::new_unchecked() };
+            // SAFETY: the token proves the features that `run_avx2` enables.
+            unsafe { run_avx2(t, call) }
+        }
+        _ => run_portable(call),
+    }
+}
+
+#[inline(never)]
+fn run_scalar(call: Call<'_>) {
+    ops::run(scalar::Scalar, call)
+}
+
+#[inline(never)]
+fn run_portable(call: Call<'_>) {
+    ops::run(portable::Portable, call)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2(t: x86_64::avx2::Avx2, call: Call<'_>) {
+    ops::run(t, call)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn run_avx512(t: x86_64::avx512::Avx512, call: Call<'_>) {
+    ops::run(t, call)
+}

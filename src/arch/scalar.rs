@@ -1,0 +1,79 @@
+//! The scalar tier: one lane, plain Rust arithmetic. It is the baseline users compare against, and the
+//! arithmetic used for per-channel bookkeeping in every tier.
+
+use super::Simd;
+
+/// Token of the scalar tier; always available.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Scalar;
+
+/// Correctly rounded f32 square root without std: `wide` computes it with the hardware instruction
+/// where the target has one and with fdlibm's bit-exact software square root elsewhere (thumbv7em).
+#[inline(always)]
+pub(crate) fn sqrt_f32(x: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        x.sqrt()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        wide::f32x4::splat(x).sqrt().to_array()[0]
+    }
+}
+
+impl Simd for Scalar {
+    const LANES: usize = 1;
+    type V = f32;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> f32 {
+        s[0]
+    }
+    #[inline(always)]
+    fn load_part(self, _s: &[f32], fill: f32) -> f32 {
+        // A partial load of one lane reads nothing.
+        fill
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32], v: f32) {
+        s[0] = v;
+    }
+    #[inline(always)]
+    fn store_part(self, _s: &mut [f32], _v: f32) {}
+    #[inline(always)]
+    fn add(self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    fn sub(self, a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    fn mul(self, a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    fn div(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+    #[inline(always)]
+    fn inv_sqrt_or_zero(self, v: f32) -> f32 {
+        if v == 0.0 { 0.0 } else { 1.0 / sqrt_f32(v) }
+    }
+    #[inline(always)]
+    fn keep_first(self, v: f32, n: usize) -> f32 {
+        if n >= 1 { v } else { 0.0 }
+    }
+    #[inline(always)]
+    fn hsum(self, v: f32) -> f32 {
+        v
+    }
+}

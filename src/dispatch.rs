@@ -1,0 +1,161 @@
+#![forbid(unsafe_code)]
+//! Instruction-set tiers, their run-time detection, and the [`Kernels`] handle.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set tier. Every tier computes the same operations with the same algorithm; they differ
+/// in vector width and in whether `a·b + c` is fused (which changes results in the last bits only).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain scalar Rust: the baseline. Always available.
+    Scalar,
+    /// 4-lane SIMD through the `wide` crate: SSE2 on x86-64, NEON on aarch64, simd128 on wasm32 (with
+    /// `+simd128`), scalar code elsewhere. Always available.
+    Portable,
+    /// x86-64 AVX2 with FMA, 8 lanes; chosen at run time.
+    Avx2,
+    /// x86-64 AVX-512F, 16 lanes with masked tails; chosen at run time.
+    Avx512,
+}
+
+impl Isa {
+    /// Every tier, lowest first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The best tier available on this CPU (detected once, then cached; works without std).
+    ///
+    /// With the `std` feature, the environment variable `BNORM_MAX_ISA` (`scalar`, `portable`, `avx2`,
+    /// `avx512`) caps detection when it is first made, so that tests can walk the lower tiers on a CPU
+    /// that has the higher ones. Under miri this is `Portable`.
+    pub fn detect() -> Isa {
+        let mut best = Isa::Scalar;
+        for isa in Isa::ALL {
+            if isa.is_available() {
+                best = isa;
+            }
+        }
+        best
+    }
+
+    /// Whether this CPU (and OS) can run the tier, within the `BNORM_MAX_ISA` cap.
+    pub fn is_available(self) -> bool {
+        let f = features();
+        match self {
+            Isa::Scalar | Isa::Portable => true,
+            Isa::Avx2 => f & AVX2 != 0,
+            Isa::Avx512 => f & AVX512 != 0,
+        }
+    }
+
+    /// The available tiers, lowest first.
+    ///
+    /// ```
+    /// assert!(bnorm::Isa::available().any(|i| i == bnorm::Isa::Portable));
+    /// ```
+    pub fn available() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available())
+    }
+
+    /// The tier's lower-case name (`"scalar"`, `"portable"`, `"avx2"`, `"avx512"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The tier named `name` (as [`Isa::name`] spells it, ASCII case ignored).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const KNOWN: u8 = 1;
+const AVX2: u8 = 2;
+const AVX512: u8 = 4;
+static FEATURES: AtomicU8 = AtomicU8::new(0);
+
+/// The detected feature bits, computed on first use and cached (`Relaxed` suffices: every thread
+/// computes the same value).
+fn features() -> u8 {
+    let f = FEATURES.load(Ordering::Relaxed);
+    if f & KNOWN != 0 {
+        return f;
+    }
+    let f = detect_features() | KNOWN;
+    FEATURES.store(f, Ordering::Relaxed);
+    f
+}
+
+fn detect_features() -> u8 {
+    #[allow(unused_mut)]
+    let mut f = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let d = crate::arch::x86_64::detect::features();
+        if d.avx2 {
+            f |= AVX2;
+        }
+        if d.avx512 {
+            f |= AVX512;
+        }
+    }
+    f & cap()
+}
+
+/// The feature bits allowed by `BNORM_MAX_ISA` (all without std or without the variable).
+fn cap() -> u8 {
+    #[cfg(feature = "std")]
+    {
+        if let Ok(v) = std::env::var("BNORM_MAX_ISA") {
+            return match Isa::from_name(v.trim()) {
+                Some(Isa::Scalar | Isa::Portable) => 0,
+                Some(Isa::Avx2) => AVX2,
+                _ => AVX2 | AVX512,
+            };
+        }
+    }
+    AVX2 | AVX512
+}
+
+/// A handle on one available tier. Holding a `Kernels` proves that the CPU supports its tier; its
+/// methods are the crate's operations run on that tier (the free functions use [`Kernels::detect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernels {
+    isa: Isa,
+}
+
+impl Kernels {
+    /// Kernels of tier `isa`, or `None` when this CPU lacks it.
+    ///
+    /// ```
+    /// use bnorm::{Isa, Kernels};
+    /// assert!(Kernels::new(Isa::Scalar).is_some());
+    /// for isa in Isa::available() {
+    ///     assert_eq!(Kernels::new(isa).unwrap().isa(), isa);
+    /// }
+    /// ```
+    pub fn new(isa: Isa) -> Option<Kernels> {
+        isa.is_available().then_some(Kernels { isa })
+    }
+
+    /// Kernels of the best available tier ([`Isa::detect`]).
+    pub fn detect() -> Kernels {
+        Kernels { isa: Isa::detect() }
+    }
+
+    /// The tier these kernels run.
+    pub const fn isa(&self) -> Isa {
+        self.isa
+    }
+}

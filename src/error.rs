@@ -1,0 +1,103 @@
+#![forbid(unsafe_code)]
+//! The error type.
+
+use core::fmt;
+
+/// Why a call was rejected. Every operation validates all of its arguments before it writes anything, so
+/// an `Err` means that no output was touched.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Error {
+    /// A dimension is zero.
+    ZeroDimension {
+        /// Batch size.
+        n: usize,
+        /// Channels.
+        c: usize,
+        /// Spatial size.
+        spatial: usize,
+    },
+    /// The tensor's element count (padding included) does not fit in memory (`isize::MAX` bytes).
+    TooLarge {
+        /// Batch size.
+        n: usize,
+        /// Channels.
+        c: usize,
+        /// Spatial size.
+        spatial: usize,
+    },
+    /// A blocked layout's block size is not 4, 8 or 16.
+    InvalidBlock {
+        /// The block size given.
+        block: usize,
+    },
+    /// A slice has the wrong number of elements.
+    LengthMismatch {
+        /// Which argument (`"x"`, `"y"`, `"mean"`, `"gamma"`, …).
+        what: &'static str,
+        /// The length the tensor descriptor requires.
+        expected: usize,
+        /// The length given.
+        found: usize,
+    },
+    /// ε is negative, NaN or infinite.
+    InvalidEpsilon {
+        /// The ε given.
+        eps: f32,
+    },
+    /// A variance given to inference is negative or NaN.
+    InvalidVariance {
+        /// The first offending channel.
+        channel: usize,
+        /// Its variance.
+        var: f32,
+    },
+    /// The running-statistics momentum is outside `[0, 1]` or NaN.
+    InvalidMomentum {
+        /// The momentum given.
+        momentum: f32,
+    },
+    /// Unbiased running variance needs at least two values per channel.
+    CountTooSmall {
+        /// The count given.
+        count: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::ZeroDimension { n, c, spatial } => write!(
+                f,
+                "zero dimension in shape n={n}, c={c}, spatial={spatial}: every dimension must be at least 1"
+            ),
+            Error::TooLarge { n, c, spatial } => write!(
+                f,
+                "shape n={n}, c={c}, spatial={spatial} holds more f32 values than fit in memory"
+            ),
+            Error::InvalidBlock { block } => {
+                write!(f, "block size {block} is not supported: use 4, 8 or 16")
+            }
+            Error::LengthMismatch { what, expected, found } => write!(
+                f,
+                "`{what}` has {found} elements but the tensor descriptor needs {expected}"
+            ),
+            Error::InvalidEpsilon { eps } => {
+                write!(f, "epsilon {eps} is invalid: it must be finite and at least 0")
+            }
+            Error::InvalidVariance { channel, var } => write!(
+                f,
+                "variance {var} of channel {channel} is invalid: it must be at least 0 (and not NaN)"
+            ),
+            Error::InvalidMomentum { momentum } => {
+                write!(f, "momentum {momentum} is outside [0, 1]")
+            }
+            Error::CountTooSmall { count } => write!(
+                f,
+                "count {count} is too small: the unbiased variance needs at least 2 values per channel"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

@@ -1,0 +1,127 @@
+#![forbid(unsafe_code)]
+//! The layout kernels, written once over the crate-private [`Simd`] trait and instantiated per tier.
+//!
+//! - `stats`: one-read-pass per-channel statistics (shifted block sums merged with Chan's formula).
+//! - `normalize`: the centred normalise-affine pass `y = (x − m)·scale + shift`.
+//! - `ops`: the per-layout drivers behind every public operation, and the single entry point `run`
+//!   that each tier instantiates.
+
+pub(crate) mod normalize;
+pub(crate) mod ops;
+pub(crate) mod stats;
+
+use crate::arch::Simd;
+
+/// Channels per scratch group: the per-channel state and scale buffers live on the stack in arrays of
+/// this many f32, so nothing is allocated. A multiple of every tier's lane count.
+pub(crate) const GROUP: usize = 256;
+
+/// Vectors processed side by side along a row of channels (register tile).
+pub(crate) const TILE: usize = 4;
+
+/// Where the data comes from and goes to: separate input and output, or one buffer updated in place.
+/// Kernels are generic over it, so in-place and out-of-place calls run the same instructions and give
+/// the same bits.
+pub(crate) trait Io {
+    fn load<S: Simd>(&self, s: S, at: usize) -> S::V;
+    /// Loads `n < LANES` values at `at`; other lanes are `fill`.
+    fn load_part<S: Simd>(&self, s: S, at: usize, n: usize, fill: S::V) -> S::V;
+    fn store<S: Simd>(&mut self, s: S, at: usize, v: S::V);
+    /// Stores the first `n < LANES` lanes at `at`.
+    fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V);
+}
+
+/// Out of place: read `x`, write `y` (same length).
+pub(crate) struct Split<'a> {
+    pub x: &'a [f32],
+    pub y: &'a mut [f32],
+}
+
+/// In place: read and write `xy`.
+pub(crate) struct InPlace<'a> {
+    pub xy: &'a mut [f32],
+}
+
+impl Io for Split<'_> {
+    #[inline(always)]
+    fn load<S: Simd>(&self, s: S, at: usize) -> S::V {
+        s.load(&self.x[at..])
+    }
+    #[inline(always)]
+    fn load_part<S: Simd>(&self, s: S, at: usize, n: usize, fill: S::V) -> S::V {
+        s.load_part(&self.x[at..at + n], fill)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(&mut self, s: S, at: usize, v: S::V) {
+        s.store(&mut self.y[at..], v)
+    }
+    #[inline(always)]
+    fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V) {
+        s.store_part(&mut self.y[at..at + n], v)
+    }
+}
+
+impl Io for InPlace<'_> {
+    #[inline(always)]
+    fn load<S: Simd>(&self, s: S, at: usize) -> S::V {
+        s.load(&self.xy[at..])
+    }
+    #[inline(always)]
+    fn load_part<S: Simd>(&self, s: S, at: usize, n: usize, fill: S::V) -> S::V {
+        s.load_part(&self.xy[at..at + n], fill)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(&mut self, s: S, at: usize, v: S::V) {
+        s.store(&mut self.xy[at..], v)
+    }
+    #[inline(always)]
+    fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V) {
+        s.store_part(&mut self.xy[at..at + n], v)
+    }
+}
+
+/// A set of rows of `width` contiguous channels: row `r = o·inner + i` starts at
+/// `base + o·outer_stride + i·inner_stride`. NHWC is one outer row set of N·S rows with stride C;
+/// one channel block of a blocked tensor is N outer sets of S rows with stride `block`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rows {
+    pub base: usize,
+    pub outer: usize,
+    pub inner: usize,
+    pub outer_stride: usize,
+    pub inner_stride: usize,
+    pub width: usize,
+}
+
+impl Rows {
+    /// Fills `offs` with the offsets of the next rows (at most `offs.len()`), advancing `cursor`
+    /// (`(o, i)`); returns how many it wrote.
+    #[inline(always)]
+    pub(crate) fn next_block(&self, cursor: &mut (usize, usize), offs: &mut [usize]) -> usize {
+        let mut k = 0;
+        let (mut o, mut i) = *cursor;
+        while k < offs.len() && o < self.outer {
+            offs[k] = self.base + o * self.outer_stride + i * self.inner_stride;
+            k += 1;
+            i += 1;
+            if i == self.inner {
+                i = 0;
+                o += 1;
+            }
+        }
+        *cursor = (o, i);
+        k
+    }
+}
+
+/// Loads `LANES` values of a parameter slice at `at`, reading only `p[at..]` (missing lanes are `fill`).
+#[inline(always)]
+pub(crate) fn load_clamped<S: Simd>(s: S, p: &[f32], at: usize, fill: S::V) -> S::V {
+    if at + S::LANES <= p.len() {
+        s.load(&p[at..])
+    } else if at < p.len() {
+        s.load_part(&p[at..], fill)
+    } else {
+        fill
+    }
+}

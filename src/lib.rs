@@ -1,0 +1,91 @@
+//! Hand-vectorised f32 kernels for spatial batch normalisation.
+//!
+//! Batch normalisation in a convolutional network keeps one mean, one variance, one γ and one β per
+//! channel, shared by every (n, spatial) position of that channel. `bnorm` computes
+//!
+//! - per-channel statistics ([`moments`]) in a single read pass, with shifted block sums merged by Chan's
+//!   formula: stable at any offset, exact for constant channels, with exact integer counts;
+//! - the fused normalise-affine pass `y = (x − mean)·γ/√(var + ε) + β` for training
+//!   ([`forward_training`]) and inference ([`forward_inference`]), in place or not, and the pre-folded
+//!   [`channel_affine`];
+//! - PyTorch-style running statistics ([`update_running_stats`]),
+//!
+//! for NCHW, NHWC and channel-blocked layouts, with a scalar tier, a portable SIMD tier (through `wide`:
+//! SSE2, NEON, simd128) and run-time dispatched AVX2 and AVX-512 tiers on x86-64. The API takes slices,
+//! never allocates, and works in `#![no_std]`.
+//!
+//! # Example
+//!
+//! ```
+//! use bnorm::{Affine, Layout, Shape, TensorDesc};
+//!
+//! let desc = TensorDesc::new(Shape::nchw(2, 3, 4, 4), Layout::Nchw)?;
+//! let x: Vec<f32> = (0..desc.len()).map(|i| (i % 7) as f32).collect();
+//! let mut y = vec![0.0; desc.len()];
+//! let (mut mean, mut var) = (vec![0.0; 3], vec![0.0; 3]);
+//! let gamma = [1.0, 2.0, 0.5];
+//! let beta = [0.0, 1.0, -1.0];
+//! bnorm::forward_training(&desc, &x, &mut y, &Affine::new(&gamma, &beta, 1e-5), &mut mean, &mut var)?;
+//!
+//! // Channel 1, element (n=0, c=1, s=5):
+//! let i = desc.offset(0, 1, 5).unwrap();
+//! let expect = (x[i] - mean[1]) * (gamma[1] / (var[1] + 1e-5).sqrt()) + beta[1];
+//! assert!((y[i] - expect).abs() < 1e-5);
+//!
+//! // Bad input is an error, and nothing is written.
+//! let err = bnorm::moments(&desc, &x[1..], &mut mean, &mut var).unwrap_err();
+//! assert_eq!(err.to_string(), "`x` has 95 elements but the tensor descriptor needs 96");
+//! # Ok::<(), bnorm::Error>(())
+//! ```
+//!
+//! # Layouts
+//!
+//! With S the spatial size (H·W), element (n, c, s) is at
+//!
+//! | [`Layout`] | elsewhere | offset |
+//! |---|---|---|
+//! | `Nchw` | contiguous, ncsp | `(n·C + c)·S + s` |
+//! | `Nhwc` | channels-last, nspc | `(n·S + s)·C + c` |
+//! | `Blocked { block: b }`, b ∈ {4, 8, 16} | nChw4c/8c/16c | `((n·⌈C/b⌉ + c/b)·S + s)·b + c%b` |
+//!
+//! A blocked tensor holds ⌈C/b⌉·b channels; the padding lanes are ignored on input (they may hold
+//! anything, NaN included) and written as 0 on output. [`TensorDesc::len`] counts them.
+//!
+//! # Tiers
+//!
+//! The free functions use the best tier of this CPU ([`Isa::detect`], detected once, also in `no_std`).
+//! [`Kernels`] runs a chosen tier: `Kernels::new(Isa::Avx2)` is `None` on a CPU without AVX2, so holding
+//! one proves the tier can run. With `std`, `BNORM_MAX_ISA=portable` (or `scalar`, `avx2`) caps detection.
+//!
+//! # Semantics
+//!
+//! - Variances are population variances (divided by the count N·S).
+//! - `1/√(var + ε)` is computed with a correctly rounded square root and division, never with an
+//!   approximate reciprocal; where `var + ε == 0` the normalised value is 0 (output β), never NaN.
+//! - A NaN or infinity poisons only its own channel's statistics and outputs.
+//! - Every operation validates all of its arguments first: an `Err` means no output was touched. No
+//!   public function panics.
+//!
+//! # Crate features
+//!
+//! - `std` (default): `std::error::Error` through `core::error::Error`, and the `BNORM_MAX_ISA` cap.
+//!   Without it the crate is `#![no_std]` and never allocates.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[allow(unsafe_code)]
+mod arch;
+mod api;
+mod dispatch;
+mod error;
+mod kernels;
+mod layout;
+
+pub use api::{
+    Affine, channel_affine, channel_affine_in_place, forward_inference, forward_inference_in_place,
+    forward_training, forward_training_in_place, moments, update_running_stats,
+};
+pub use dispatch::{Isa, Kernels};
+pub use error::Error;
+pub use layout::{Layout, Shape, TensorDesc};

@@ -1,0 +1,203 @@
+//! Shared test support: deterministic data, the oracle, and the documented tolerances.
+#![allow(dead_code)]
+
+pub mod oracle;
+
+use bnorm::{Isa, Kernels, Layout, Shape};
+pub use oracle::U;
+
+/// Every layout the crate supports.
+pub const LAYOUTS: [Layout; 5] = [
+    Layout::Nchw,
+    Layout::Nhwc,
+    Layout::Blocked { block: 4 },
+    Layout::Blocked { block: 8 },
+    Layout::Blocked { block: 16 },
+];
+
+/// The kernels of `isa`, or `None` after printing that the tier is skipped on this CPU (or under the
+/// `BNORM_MAX_ISA` cap). A skipped tier is reported, never passed silently.
+pub fn kernels_or_skip(isa: Isa, test: &str) -> Option<Kernels> {
+    let k = Kernels::new(isa);
+    if k.is_none() {
+        eprintln!("SKIPPED {test}: tier {isa} is not available on this CPU");
+    }
+    k
+}
+
+/// splitmix64: a small deterministic generator, so a failing case is reproduced from its seed.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// A generated problem: data with per-channel offsets and scales, and affine parameters.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub shape: Shape,
+    pub layout: Layout,
+    pub x: Vec<f32>,
+    pub gamma: Option<Vec<f32>>,
+    pub beta: Option<Vec<f32>>,
+    pub eps: f32,
+}
+
+/// Data for `shape`/`layout`: channel c has scale σ_c = 10^[-2, 2], offset μ_c up to `max_offset`·σ_c
+/// (log-uniform from 1), and a constant channel now and then. Padding lanes hold NaN.
+pub fn gen_case(seed: u64, shape: Shape, layout: Layout, max_offset: f64) -> Case {
+    let mut r = Rng(seed);
+    let len = oracle::len(shape, layout);
+    let mut x = vec![f32::NAN; len];
+    for c in 0..shape.c {
+        let sigma = 10f64.powf(r.range(-2.0, 2.0));
+        let ratio = if max_offset > 1.0 { 10f64.powf(r.range(0.0, max_offset.log10())) } else { max_offset };
+        let mu = sigma * ratio * r.range(-1.0, 1.0);
+        let constant = r.below(16) == 0;
+        for n in 0..shape.n {
+            for s in 0..shape.spatial {
+                let z = r.range(-1.0, 1.0) + r.range(-1.0, 1.0);
+                let v = if constant { mu } else { mu + sigma * z };
+                x[oracle::offset(shape, layout, n, c, s)] = v as f32;
+            }
+        }
+    }
+    let gamma = (r.below(4) != 0).then(|| (0..shape.c).map(|_| r.range(-2.0, 2.0) as f32).collect());
+    let beta = (r.below(4) != 0).then(|| (0..shape.c).map(|_| r.range(-5.0, 5.0) as f32).collect());
+    let eps = [0.0, 1e-5, 1e-3][r.below(3)];
+    Case { shape, layout, x, gamma, beta, eps }
+}
+
+/// Copies `v` into a fresh buffer at element offset `align` (so kernels see odd alignments); returns the
+/// buffer, whose `[align..align + v.len()]` is the data.
+pub fn at_offset(v: &[f32], align: usize, fill: f32) -> Vec<f32> {
+    let mut b = vec![fill; align + v.len() + 3];
+    b[align..align + v.len()].copy_from_slice(v);
+    b
+}
+
+// Tolerances, in units of U = 2^-24 (f32's unit roundoff). Justification:
+// - mean: the final `k0 + m` rounds once (≤ U·|μ|, the resolution of f32 at the offset), and `m`, of the
+//   order of σ, carries the rounding of the block sums and merges: MEAN_SIGMA·U·σ bounds it for the sizes
+//   tested (counts up to ~10^5). Hence |mean − μ| ≤ 2U·|μ| + MEAN_SIGMA·U·σ.
+// - variance: each block's `s2 − s1²/b` is formed around the running mean, so its cancellation is bounded;
+//   the block sums and ~count/32 merges each round at U. |var − v| ≤ VAR_REL·U·v.
+// - outputs: the mean and variance errors above propagate as γ·δμ/σ' and γ·(x−μ)/σ'·δv/(2v); the
+//   subtraction, scale (1/√ correctly rounded, times γ) and fused or unfused multiply-add add a few U
+//   relative to |γ(x−μ)/σ'| + |β|.
+pub const MEAN_SIGMA: f64 = 64.0;
+pub const VAR_REL: f64 = 256.0;
+pub const OUT_REL: f64 = 8.0;
+
+/// Checks kernel statistics against the oracle; the message names the channel and the errors.
+pub fn check_moments(case: &Case, mean: &[f32], var: &[f32]) -> Result<(), String> {
+    let (rm, rv) = oracle::moments(case.shape, case.layout, &case.x);
+    for c in 0..case.shape.c {
+        let (m, v) = (mean[c] as f64, var[c] as f64);
+        let tol_m = 2.0 * U * rm[c].abs() + MEAN_SIGMA * U * rv[c].sqrt();
+        let tol_v = VAR_REL * U * rv[c];
+        if !((m - rm[c]).abs() <= tol_m) {
+            return Err(format!("channel {c}: mean {m} vs {} (err {:e} > tol {tol_m:e})", rm[c], (m - rm[c]).abs()));
+        }
+        if !((v - rv[c]).abs() <= tol_v) {
+            return Err(format!("channel {c}: var {v} vs {} (err {:e} > tol {tol_v:e})", rv[c], (v - rv[c]).abs()));
+        }
+    }
+    Ok(())
+}
+
+/// `Norm` of a training step: the oracle's statistics with the case's γ, β, ε.
+pub fn training_norm(case: &Case) -> oracle::Norm {
+    let (mean, var) = oracle::moments(case.shape, case.layout, &case.x);
+    norm_with(case, mean, var)
+}
+
+/// `Norm` with given statistics and the case's γ, β, ε.
+pub fn norm_with(case: &Case, mean: Vec<f64>, var: Vec<f64>) -> oracle::Norm {
+    let c = case.shape.c;
+    oracle::Norm {
+        mean,
+        var,
+        gamma: case.gamma.as_ref().map_or(vec![1.0; c], |g| g.iter().map(|&v| v as f64).collect()),
+        beta: case.beta.as_ref().map_or(vec![0.0; c], |b| b.iter().map(|&v| v as f64).collect()),
+        eps: case.eps as f64,
+    }
+}
+
+/// Checks normalised outputs against `norm`. With `training`, the tolerance includes the propagated
+/// error of the kernel's own statistics; without, the statistics were given exactly. Padding must be 0.
+pub fn check_outputs(case: &Case, y: &[f32], norm: &oracle::Norm, training: bool) -> Result<(), String> {
+    let sh = case.shape;
+    for c in 0..sh.c {
+        let inv = norm.inv_std(c);
+        let sd = norm.var[c].sqrt();
+        for n in 0..sh.n {
+            for s in 0..sh.spatial {
+                let i = oracle::offset(sh, case.layout, n, c, s);
+                let x = case.x[i] as f64;
+                let want = norm.apply(c, x);
+                let g = norm.gamma[c].abs();
+                let centred = (x - norm.mean[c]).abs();
+                let mut tol = OUT_REL * U * (g * centred * inv + norm.beta[c].abs()) + f64::MIN_POSITIVE;
+                if training {
+                    let dm = 2.0 * U * norm.mean[c].abs() + MEAN_SIGMA * U * sd;
+                    tol += g * inv * (dm + centred * (VAR_REL / 2.0 + OUT_REL) * U);
+                }
+                let got = y[i] as f64;
+                if !((got - want).abs() <= tol) {
+                    return Err(format!(
+                        "(n={n}, c={c}, s={s}) at {i}: y {got} vs {want} (err {:e} > tol {tol:e}), x {x}",
+                        (got - want).abs()
+                    ));
+                }
+            }
+        }
+    }
+    check_padding(case, y)
+}
+
+/// Padding lanes of a blocked output are exactly +0.0.
+pub fn check_padding(case: &Case, y: &[f32]) -> Result<(), String> {
+    for (i, &v) in y.iter().enumerate() {
+        if oracle::is_padding(case.shape, case.layout, i) && v.to_bits() != 0 {
+            return Err(format!("padding lane {i} holds {v}, not 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `y = x·scale + shift`.
+pub fn check_affine(case: &Case, y: &[f32], scale: &[f32], shift: &[f32]) -> Result<(), String> {
+    let sh = case.shape;
+    for c in 0..sh.c {
+        for n in 0..sh.n {
+            for s in 0..sh.spatial {
+                let i = oracle::offset(sh, case.layout, n, c, s);
+                let want = oracle::affine(scale[c], shift[c], case.x[i]);
+                let tol = 4.0 * U * ((case.x[i] * scale[c]).abs() as f64 + shift[c].abs() as f64);
+                if !((y[i] as f64 - want).abs() <= tol) {
+                    return Err(format!("(n={n}, c={c}, s={s}): y {} vs {want}", y[i]));
+                }
+            }
+        }
+    }
+    check_padding(case, y)
+}
