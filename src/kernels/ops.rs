@@ -120,7 +120,7 @@ pub(crate) fn moments<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f
                 let w = (sh.c - c0).min(GROUP);
                 let mut st = GroupStats::new();
                 rows_moments(s, x, &channel_rows(desc, c0, w), &mut st);
-                st.finish(&mut mean[c0..c0 + w], &mut var[c0..c0 + w]);
+                st.finish(s, &mut mean[c0..c0 + w], &mut var[c0..c0 + w]);
                 c0 += w;
             }
         }
@@ -140,7 +140,7 @@ pub(crate) fn moments<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f
                 let valid = (sh.c - c0).min(b);
                 let mut st = GroupStats::new();
                 rows_moments(s, x, &block_rows(desc, b, cb), &mut st);
-                st.finish(&mut mean[c0..c0 + valid], &mut var[c0..c0 + valid]);
+                st.finish(s, &mut mean[c0..c0 + valid], &mut var[c0..c0 + valid]);
             }
         }
     }

@@ -20,27 +20,80 @@ pub(crate) const ROW_BLOCK: usize = 32;
 /// Vectors per block when reducing an NCHW plane.
 const PLANE_BLOCK_VECTORS: usize = 64;
 
-/// Running statistics of up to [`GROUP`] channels that share one count.
+/// Blocks merged into a chunk before the chunk is merged into the total: a two-level tree, so rounding
+/// grows with √(blocks per chunk) + √(chunks) instead of √(blocks).
+pub(crate) const CHUNK_BLOCKS: usize = 64;
+
+/// Running statistics of up to [`GROUP`] channels that share one count: the shift `k0`, and two levels
+/// of `(m, M2)` relative to it — the current chunk and the total of the finished chunks.
 pub(crate) struct GroupStats {
     pub k0: [f32; GROUP],
-    pub m: [f32; GROUP],
-    pub m2: [f32; GROUP],
-    pub count: usize,
+    pub cm: [f32; GROUP],
+    pub cm2: [f32; GROUP],
+    pub tm: [f32; GROUP],
+    pub tm2: [f32; GROUP],
+    /// Values per channel in the current chunk, and blocks in it.
+    pub ccount: usize,
+    pub cblocks: usize,
+    /// Values per channel in the total.
+    pub tcount: usize,
 }
 
 impl GroupStats {
     pub(crate) const fn new() -> Self {
-        GroupStats { k0: [0.0; GROUP], m: [0.0; GROUP], m2: [0.0; GROUP], count: 0 }
+        GroupStats {
+            k0: [0.0; GROUP],
+            cm: [0.0; GROUP],
+            cm2: [0.0; GROUP],
+            tm: [0.0; GROUP],
+            tm2: [0.0; GROUP],
+            ccount: 0,
+            cblocks: 0,
+            tcount: 0,
+        }
+    }
+
+    /// Merges the current chunk of channels `0..width` into the total and empties it.
+    #[inline(always)]
+    fn flush<S: Simd>(&mut self, s: S, width: usize) {
+        if self.ccount == 0 {
+            return;
+        }
+        let mut c = 0;
+        while c < width {
+            let (tm, tm2) = merge_state(
+                s,
+                (s.load(&self.tm[c..]), s.load(&self.tm2[c..]), self.tcount),
+                (s.load(&self.cm[c..]), s.load(&self.cm2[c..]), self.ccount),
+            );
+            s.store(&mut self.tm[c..], tm);
+            s.store(&mut self.tm2[c..], tm2);
+            s.store(&mut self.cm[c..], s.splat(0.0));
+            s.store(&mut self.cm2[c..], s.splat(0.0));
+            c += S::LANES;
+        }
+        self.tcount += self.ccount;
+        self.ccount = 0;
+        self.cblocks = 0;
     }
 
     /// Writes the first `mean.len()` channels' mean and population variance.
     #[inline(always)]
-    pub(crate) fn finish(&self, mean: &mut [f32], var: &mut [f32]) {
+    pub(crate) fn finish<S: Simd>(&mut self, s: S, mean: &mut [f32], var: &mut [f32]) {
+        self.flush(s, mean.len());
         for (j, (mu, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
-            *mu = self.k0[j] + self.m[j];
-            *v = variance(self.m2[j], self.count);
+            *mu = self.k0[j] + self.tm[j];
+            *v = variance(self.tm2[j], self.tcount);
         }
     }
+}
+
+/// Chan's merge of two `(m, M2, count)` states relative to the same shift; returns `(m, M2)`.
+#[inline(always)]
+fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
+    let delta = s.sub(b.0, a.0);
+    let (f1, f2) = merge_factors(a.2, b.2);
+    (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(a.1, b.1)))
 }
 
 /// `M2 / count`, with the division done in f64 from the exact integer count. A rounding-negative `M2`
@@ -90,12 +143,6 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
     if rows.outer == 0 || rows.inner == 0 {
         return;
     }
-    if st.count == 0 {
-        let first = &x[rows.base..rows.base + w];
-        st.k0[..w].copy_from_slice(first);
-        st.m[..w].fill(0.0);
-        st.m2[..w].fill(0.0);
-    }
     let l = S::LANES;
     let mut cursor = (0, 0);
     let mut offs = [0usize; ROW_BLOCK];
@@ -105,6 +152,18 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
             break;
         }
         let offs = &offs[..b];
+        if st.tcount == 0 && st.ccount == 0 {
+            // The shift: the first block's mean, from sums around the first row (one extra read of
+            // the first block, from L1). Every later block is summed around the running mean, so no
+            // block's `s2 − s1²/b` cancels much, whatever the offset or the first value.
+            let first = &x[rows.base..rows.base + w];
+            st.k0[..w].copy_from_slice(first);
+            let mut col = 0;
+            while col < w {
+                shift_vector(s, x, offs, col, (w - col).min(l), st);
+                col += l;
+            }
+        }
         let mut col = 0;
         while col + TILE * l <= w {
             moments_tile::<S, TILE>(s, x, offs, col, l, st);
@@ -114,8 +173,26 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
             moments_tile::<S, 1>(s, x, offs, col, (w - col).min(l), st);
             col += l;
         }
-        st.count += b;
+        st.ccount += b;
+        st.cblocks += 1;
+        if st.cblocks == CHUNK_BLOCKS {
+            st.flush(s, w);
+        }
     }
+}
+
+/// Replaces `k0` of channels `col..col + n` (from the first row) by the mean of the block's rows.
+#[inline(always)]
+fn shift_vector<S: Simd>(s: S, x: &[f32], offs: &[usize], col: usize, n: usize, st: &mut GroupStats) {
+    let l = S::LANES;
+    let k = s.load(&st.k0[col..]);
+    let mut s1 = s.splat(0.0);
+    for &off in offs {
+        let at = off + col;
+        let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
+        s1 = s.add(s1, s.sub(v, k));
+    }
+    s.store(&mut st.k0[col..], s.add(k, s.div(s1, s.splat(offs.len() as f32))));
 }
 
 /// One register tile of `T` vectors at column `col`; the last vector has `last` valid lanes.
@@ -133,11 +210,13 @@ fn moments_tile<S: Simd, const T: usize>(
     let mut k0 = [zero; T];
     let mut m = [zero; T];
     let mut k = [zero; T];
+    // The block's shift is the running mean: the chunk's, or the total's while the chunk is empty.
+    let running = if st.ccount == 0 { &st.tm } else { &st.cm };
     for j in 0..T {
         let c = col + j * l;
         k0[j] = s.load(&st.k0[c..]);
-        m[j] = s.load(&st.m[c..]);
-        k[j] = s.add(k0[j], m[j]);
+        m[j] = s.load(&st.cm[c..]);
+        k[j] = s.add(k0[j], s.load(&running[c..]));
     }
     let mut s1 = [zero; T];
     let mut s2 = [zero; T];
@@ -155,13 +234,13 @@ fn moments_tile<S: Simd, const T: usize>(
             s2[j] = s.mul_add(d, d, s2[j]);
         }
     }
-    let n_old = st.count;
+    let n_old = st.ccount;
     for j in 0..T {
         let c = col + j * l;
-        let m2 = s.load(&st.m2[c..]);
+        let m2 = s.load(&st.cm2[c..]);
         let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, s1[j], s2[j], offs.len(), n_old);
-        s.store(&mut st.m[c..], mn);
-        s.store(&mut st.m2[c..], m2n);
+        s.store(&mut st.cm[c..], mn);
+        s.store(&mut st.cm2[c..], m2n);
     }
 }
 
@@ -200,38 +279,56 @@ fn plane_sums<S: Simd>(s: S, p: &[f32], k: f32) -> (f32, f32) {
     (s.hsum(t1), s.hsum(t2))
 }
 
-/// Running statistics of one channel in scalar form.
+/// Running statistics of one channel in scalar form, with the same two levels as [`GroupStats`].
 #[derive(Clone, Copy)]
 pub(crate) struct ChannelStats {
     k0: f32,
-    m: f32,
-    m2: f32,
-    count: usize,
+    chunk: (f32, f32, usize),
+    cblocks: usize,
+    total: (f32, f32, usize),
 }
 
 impl ChannelStats {
     /// Empty statistics whose shift is `first`, a value of the channel.
     #[inline(always)]
     pub(crate) fn new(first: f32) -> Self {
-        ChannelStats { k0: first, m: 0.0, m2: 0.0, count: 0 }
+        ChannelStats { k0: first, chunk: (0.0, 0.0, 0), cblocks: 0, total: (0.0, 0.0, 0) }
     }
 
     /// Adds the contiguous values of `plane`.
     #[inline(always)]
     pub(crate) fn add_plane<S: Simd>(&mut self, s: S, plane: &[f32]) {
         for block in plane.chunks(PLANE_BLOCK_VECTORS * S::LANES) {
-            let k = self.k0 + self.m;
+            if self.total.2 == 0 && self.chunk.2 == 0 {
+                // The shift becomes the first block's mean (see `rows_moments`).
+                let (s1, _) = plane_sums(s, block, self.k0);
+                self.k0 += s1 / block.len() as f32;
+            }
+            let (m, m2, n) = self.chunk;
+            let k = self.k0 + if n == 0 { self.total.0 } else { m };
             let (s1, s2) = plane_sums(s, block, k);
-            let (m, m2) = merge(Scalar, k, self.k0, self.m, self.m2, s1, s2, block.len(), self.count);
-            self.m = m;
-            self.m2 = m2;
-            self.count += block.len();
+            let (m, m2) = merge(Scalar, k, self.k0, m, m2, s1, s2, block.len(), n);
+            self.chunk = (m, m2, n + block.len());
+            self.cblocks += 1;
+            if self.cblocks == CHUNK_BLOCKS {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.chunk.2 > 0 {
+            let (m, m2) = merge_state(Scalar, self.total, self.chunk);
+            self.total = (m, m2, self.total.2 + self.chunk.2);
+            self.chunk = (0.0, 0.0, 0);
+            self.cblocks = 0;
         }
     }
 
     /// `(mean, population variance)`.
     #[inline(always)]
-    pub(crate) fn finish(&self) -> (f32, f32) {
-        (self.k0 + self.m, variance(self.m2, self.count))
+    pub(crate) fn finish(&mut self) -> (f32, f32) {
+        self.flush();
+        (self.k0 + self.total.0, variance(self.total.1, self.total.2))
     }
 }
