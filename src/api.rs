@@ -68,7 +68,13 @@ impl Kernels {
     /// Per-channel mean and population variance (divided by the count N·S) of `x`, in one read pass.
     ///
     /// Errors: `x` not `desc.len()` long, or `mean`/`var` not C long.
-    pub fn moments(&self, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) -> Result<(), Error> {
+    pub fn moments(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        mean: &mut [f32],
+        var: &mut [f32],
+    ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_stats_out(desc, mean, var)?;
         crate::arch::run(self.isa(), Call::Moments { desc, x, mean, var });
@@ -245,12 +251,23 @@ pub fn forward_inference_in_place(
 }
 
 /// [`Kernels::channel_affine`] on the best available tier.
-pub fn channel_affine(desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32]) -> Result<(), Error> {
+pub fn channel_affine(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+) -> Result<(), Error> {
     Kernels::detect().channel_affine(desc, x, y, scale, shift)
 }
 
 /// [`Kernels::channel_affine_in_place`] on the best available tier.
-pub fn channel_affine_in_place(desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32]) -> Result<(), Error> {
+pub fn channel_affine_in_place(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+) -> Result<(), Error> {
     Kernels::detect().channel_affine_in_place(desc, xy, scale, shift)
 }
 

@@ -71,17 +71,15 @@ impl fmt::Display for Error {
                 f,
                 "zero dimension in shape n={n}, c={c}, spatial={spatial}: every dimension must be at least 1"
             ),
-            Error::TooLarge { n, c, spatial } => write!(
-                f,
-                "shape n={n}, c={c}, spatial={spatial} holds more f32 values than fit in memory"
-            ),
+            Error::TooLarge { n, c, spatial } => {
+                write!(f, "shape n={n}, c={c}, spatial={spatial} holds more f32 values than fit in memory")
+            }
             Error::InvalidBlock { block } => {
                 write!(f, "block size {block} is not supported: use 4, 8 or 16")
             }
-            Error::LengthMismatch { what, expected, found } => write!(
-                f,
-                "`{what}` has {found} elements but the tensor descriptor needs {expected}"
-            ),
+            Error::LengthMismatch { what, expected, found } => {
+                write!(f, "`{what}` has {found} elements but the tensor descriptor needs {expected}")
+            }
             Error::InvalidEpsilon { eps } => {
                 write!(f, "epsilon {eps} is invalid: it must be finite and at least 0")
             }

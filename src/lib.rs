@@ -74,9 +74,9 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod api;
 #[allow(unsafe_code)]
 mod arch;
-mod api;
 mod dispatch;
 mod error;
 mod kernels;

@@ -26,7 +26,14 @@ fn shape() -> impl Strategy<Value = Shape> {
 
 /// A case: shape, layout, seed, maximum offset ratio, and two element alignments.
 fn case() -> impl Strategy<Value = (Case, usize, usize)> {
-    (shape(), 0..LAYOUTS.len(), any::<u64>(), prop::sample::select(vec![1.0, 1e2, 1e4]), 0..17usize, 0..17usize)
+    (
+        shape(),
+        0..LAYOUTS.len(),
+        any::<u64>(),
+        prop::sample::select(vec![1.0, 1e2, 1e4]),
+        0..17usize,
+        0..17usize,
+    )
         .prop_map(|(sh, l, seed, off, ax, ay)| (gen_case(seed, sh, LAYOUTS[l], off), ax, ay))
 }
 
@@ -53,7 +60,8 @@ fn run_moments(k: &Kernels, case: &Case, ax: usize) -> Result<(Vec<f32>, Vec<f32
 fn prop_moments(isa: Isa, (case, ax, _): (Case, usize, usize)) -> Result<(), TestCaseError> {
     let Some(k) = kernels_or_skip(isa, "moments") else { return Ok(()) };
     let (mean, var) = run_moments(&k, &case, ax).map_err(TestCaseError::fail)?;
-    check_moments(&case, &mean, &var).map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))
+    check_moments(&case, &mean, &var)
+        .map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))
 }
 
 fn prop_training(isa: Isa, (case, ax, ay): (Case, usize, usize)) -> Result<(), TestCaseError> {
@@ -63,8 +71,15 @@ fn prop_training(isa: Isa, (case, ax, ay): (Case, usize, usize)) -> Result<(), T
     let xb = at_offset(&case.x, ax, 7.0);
     let mut yb = at_offset(&vec![f32::NAN; d.len()], ay, 3.0);
     let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
-    k.forward_training(&d, &xb[ax..ax + d.len()], &mut yb[ay..ay + d.len()], &affine(&case), &mut mean, &mut var)
-        .unwrap();
+    k.forward_training(
+        &d,
+        &xb[ax..ax + d.len()],
+        &mut yb[ay..ay + d.len()],
+        &affine(&case),
+        &mut mean,
+        &mut var,
+    )
+    .unwrap();
     let y = &yb[ay..ay + d.len()];
     let fail = |e: String| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout));
     check_moments(&case, &mean, &var).map_err(fail)?;
@@ -91,8 +106,10 @@ fn prop_inference(isa: Isa, (case, ax, ay): (Case, usize, usize)) -> Result<(), 
     k.forward_inference(&d, &xb[ax..ax + d.len()], &mut yb[ay..ay + d.len()], &affine(&case), &mean, &var)
         .unwrap();
     let y = &yb[ay..ay + d.len()];
-    let norm = norm_with(&case, mean.iter().map(|&v| v as f64).collect(), var.iter().map(|&v| v as f64).collect());
-    check_outputs(&case, y, &norm, false).map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))?;
+    let norm =
+        norm_with(&case, mean.iter().map(|&v| v as f64).collect(), var.iter().map(|&v| v as f64).collect());
+    check_outputs(&case, y, &norm, false)
+        .map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))?;
     prop_assert!(yb[..ay].iter().chain(&yb[ay + d.len()..]).all(|&v| v == 3.0), "wrote outside y");
     let mut xy = at_offset(&case.x, ay, 0.0);
     k.forward_inference_in_place(&d, &mut xy[ay..ay + d.len()], &affine(&case), &mean, &var).unwrap();
@@ -110,7 +127,8 @@ fn prop_affine(isa: Isa, (case, ax, ay): (Case, usize, usize)) -> Result<(), Tes
     let mut yb = at_offset(&vec![f32::NAN; d.len()], ay, 3.0);
     k.channel_affine(&d, &xb[ax..ax + d.len()], &mut yb[ay..ay + d.len()], &scale, &shift).unwrap();
     let y = &yb[ay..ay + d.len()];
-    check_affine(&case, y, &scale, &shift).map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))?;
+    check_affine(&case, y, &scale, &shift)
+        .map_err(|e| TestCaseError::fail(format!("{isa} {:?}: {e}", case.layout)))?;
     let mut xy = at_offset(&case.x, ay, 0.0);
     k.channel_affine_in_place(&d, &mut xy[ay..ay + d.len()], &scale, &shift).unwrap();
     prop_assert!(bits_eq(&xy[ay..ay + d.len()], y), "in-place output differs");

@@ -52,13 +52,7 @@ pub(crate) fn fill_scale<S: Simd>(
 
 /// Normalises every row of `rows`. Channels `valid..width` of each row are padding and are written as 0.
 #[inline(always)]
-pub(crate) fn rows_normalize<S: Simd, I: Io>(
-    s: S,
-    io: &mut I,
-    rows: &Rows,
-    valid: usize,
-    p: &Params<'_>,
-) {
+pub(crate) fn rows_normalize<S: Simd, I: Io>(s: S, io: &mut I, rows: &Rows, valid: usize, p: &Params<'_>) {
     let l = S::LANES;
     let w = rows.width;
     let mut cursor = (0, 0);

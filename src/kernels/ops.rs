@@ -27,7 +27,12 @@ pub(crate) enum ParamSrc<'a> {
 
 /// A validated call, ready for a tier.
 pub(crate) enum Call<'a> {
-    Moments { desc: &'a TensorDesc, x: &'a [f32], mean: &'a mut [f32], var: &'a mut [f32] },
+    Moments {
+        desc: &'a TensorDesc,
+        x: &'a [f32],
+        mean: &'a mut [f32],
+        var: &'a mut [f32],
+    },
     Training {
         desc: &'a TensorDesc,
         data: Data<'a>,
@@ -37,7 +42,11 @@ pub(crate) enum Call<'a> {
         mean: &'a mut [f32],
         var: &'a mut [f32],
     },
-    Normalize { desc: &'a TensorDesc, data: Data<'a>, params: ParamSrc<'a> },
+    Normalize {
+        desc: &'a TensorDesc,
+        data: Data<'a>,
+        params: ParamSrc<'a>,
+    },
 }
 
 /// Runs a validated call with tier `s`. Everything below is `#[inline(always)]`, so the whole call is
@@ -157,7 +166,11 @@ fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<
         let p = match src {
             ParamSrc::Stats { mean, var, gamma, beta, eps } => {
                 fill_scale(s, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
-                Params { mean: Some(&mean[c0..c1]), scale: &scratch[..c1 - c0], shift: beta.map(|b| &b[c0..c1]) }
+                Params {
+                    mean: Some(&mean[c0..c1]),
+                    scale: &scratch[..c1 - c0],
+                    shift: beta.map(|b| &b[c0..c1]),
+                }
             }
             ParamSrc::Affine { scale, shift } => {
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
@@ -170,7 +183,14 @@ fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<
 
 /// Normalises channels `c0..c1` (at most GROUP; a multiple of the block size except at the end).
 #[inline(always)]
-fn normalize_group<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, c0: usize, c1: usize, p: &Params<'_>) {
+fn normalize_group<S: Simd, I: Io>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    c0: usize,
+    c1: usize,
+    p: &Params<'_>,
+) {
     let sh = desc.shape();
     match kind(desc) {
         Kind::Channels => rows_normalize(s, io, &channel_rows(desc, c0, c1 - c0), c1 - c0, p),

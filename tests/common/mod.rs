@@ -1,5 +1,7 @@
 //! Shared test support: deterministic data, the oracle, and the documented tolerances.
 #![allow(dead_code)]
+// `!(err <= tol)` is deliberate: a NaN error must fail the check.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod oracle;
 
@@ -115,10 +117,18 @@ pub fn check_moments(case: &Case, mean: &[f32], var: &[f32]) -> Result<(), Strin
         let tol_m = 2.0 * U * rm[c].abs() + MEAN_SIGMA * U * rv[c].sqrt();
         let tol_v = VAR_REL * U * rv[c];
         if !((m - rm[c]).abs() <= tol_m) {
-            return Err(format!("channel {c}: mean {m} vs {} (err {:e} > tol {tol_m:e})", rm[c], (m - rm[c]).abs()));
+            return Err(format!(
+                "channel {c}: mean {m} vs {} (err {:e} > tol {tol_m:e})",
+                rm[c],
+                (m - rm[c]).abs()
+            ));
         }
         if !((v - rv[c]).abs() <= tol_v) {
-            return Err(format!("channel {c}: var {v} vs {} (err {:e} > tol {tol_v:e})", rv[c], (v - rv[c]).abs()));
+            return Err(format!(
+                "channel {c}: var {v} vs {} (err {:e} > tol {tol_v:e})",
+                rv[c],
+                (v - rv[c]).abs()
+            ));
         }
     }
     Ok(())

@@ -1,0 +1,205 @@
+//! Bad input: every case DESIGN.md lists returns its `Err`, with a message naming the sizes, before
+//! anything is written — the outputs are checked untouched — on every tier.
+
+mod common;
+
+use bnorm::{Affine, Error, Isa, Kernels, Layout, Shape, TensorDesc};
+use common::kernels_or_skip;
+
+const SENTINEL: f32 = -12345.0;
+
+fn untouched(v: &[f32]) -> bool {
+    v.iter().all(|&x| x == SENTINEL)
+}
+
+#[test]
+fn descriptor_errors() {
+    let e = TensorDesc::new(Shape::new(0, 3, 4), Layout::Nchw).unwrap_err();
+    assert_eq!(e, Error::ZeroDimension { n: 0, c: 3, spatial: 4 });
+    assert!(e.to_string().contains("n=0, c=3, spatial=4"), "{e}");
+    assert!(TensorDesc::new(Shape::new(2, 0, 4), Layout::Nhwc).is_err());
+    assert!(TensorDesc::new(Shape::new(2, 3, 0), Layout::Blocked { block: 8 }).is_err());
+    for block in [0, 1, 2, 3, 5, 12, 32, usize::MAX] {
+        let e = TensorDesc::new(Shape::new(1, 4, 4), Layout::Blocked { block }).unwrap_err();
+        assert_eq!(e, Error::InvalidBlock { block });
+        assert!(e.to_string().contains(&block.to_string()));
+    }
+    let big = usize::MAX / 2;
+    for (sh, l) in [
+        (Shape::new(big, 3, 1), Layout::Nchw),
+        (Shape::new(1, big, 3), Layout::Nhwc),
+        (Shape::new(1, usize::MAX - 2, 1), Layout::Blocked { block: 16 }),
+        (Shape::nchw(1, 1, usize::MAX, 2), Layout::Nchw),
+        (Shape::new(1, 1, isize::MAX as usize / 4 + 1), Layout::Nchw),
+    ] {
+        let e = TensorDesc::new(sh, l).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{sh:?} {l:?}: {e:?}");
+        assert!(e.to_string().contains(&format!("c={}", sh.c)), "{e}");
+    }
+    // The largest accepted tensor is exactly isize::MAX bytes at most.
+    assert!(TensorDesc::new(Shape::new(1, 1, isize::MAX as usize / 4), Layout::Nchw).is_ok());
+    let d = TensorDesc::new(Shape::new(2, 3, 4), Layout::Nchw).unwrap();
+    assert_eq!(d.offset(2, 0, 0), None);
+    assert_eq!(d.offset(0, 0, 4), None);
+    assert_eq!(d.offset(usize::MAX, usize::MAX, usize::MAX), None);
+}
+
+/// Every operation with each of its arguments wrong, on every tier.
+#[test]
+fn operation_errors_leave_outputs_untouched() {
+    for isa in Isa::ALL {
+        let Some(k) = kernels_or_skip(isa, "operation_errors_leave_outputs_untouched") else { continue };
+        for layout in common::LAYOUTS {
+            check_operations(k, layout);
+        }
+    }
+}
+
+fn check_operations(k: Kernels, layout: Layout) {
+    let sh = Shape::new(2, 5, 7);
+    let d = TensorDesc::new(sh, layout).unwrap();
+    let len = d.len();
+    let x = vec![1.0f32; len + 1];
+    let good_c = [1.0f32; 5];
+    let ok_aff = Affine::new(&good_c, &good_c, 1e-5);
+    let s = || vec![SENTINEL; len + 1];
+    let sc = |n: usize| vec![SENTINEL; n];
+
+    // moments: x, mean, var lengths.
+    for (xl, ml, vl, what, exp, found) in [
+        (len - 1, 5, 5, "x", len, len - 1),
+        (len + 1, 5, 5, "x", len, len + 1),
+        (len, 4, 5, "mean", 5, 4),
+        (len, 5, 6, "var", 5, 6),
+    ] {
+        let (mut m, mut v) = (sc(ml), sc(vl));
+        let e = k.moments(&d, &x[..xl], &mut m, &mut v).unwrap_err();
+        assert_eq!(e, Error::LengthMismatch { what, expected: exp, found }, "{layout:?}");
+        assert!(
+            e.to_string().contains(&format!("{found} elements")) && e.to_string().contains(&exp.to_string())
+        );
+        assert!(untouched(&m) && untouched(&v));
+    }
+
+    // forward_training: every slice, gamma, beta, eps.
+    let bad_c = [1.0f32; 4];
+    let affs: [(Affine<'_>, Error); 6] = [
+        (Affine::new(&bad_c, &good_c, 1e-5), Error::LengthMismatch { what: "gamma", expected: 5, found: 4 }),
+        (Affine::new(&good_c, &bad_c, 1e-5), Error::LengthMismatch { what: "beta", expected: 5, found: 4 }),
+        (Affine { gamma: None, beta: None, eps: -1e-5 }, Error::InvalidEpsilon { eps: -1e-5 }),
+        (
+            Affine { gamma: None, beta: None, eps: f32::INFINITY },
+            Error::InvalidEpsilon { eps: f32::INFINITY },
+        ),
+        (
+            Affine { gamma: None, beta: None, eps: f32::NEG_INFINITY },
+            Error::InvalidEpsilon { eps: f32::NEG_INFINITY },
+        ),
+        (
+            Affine { gamma: Some(&bad_c), beta: None, eps: 0.0 },
+            Error::LengthMismatch { what: "gamma", expected: 5, found: 4 },
+        ),
+    ];
+    for (aff, want) in &affs {
+        let (mut y, mut m, mut v) = (s(), sc(5), sc(5));
+        let e = k.forward_training(&d, &x[..len], &mut y[..len], aff, &mut m, &mut v).unwrap_err();
+        assert_eq!(&e, want);
+        assert!(untouched(&y) && untouched(&m) && untouched(&v));
+        let mut xy = s();
+        let e = k.forward_training_in_place(&d, &mut xy[..len], aff, &mut m, &mut v).unwrap_err();
+        assert_eq!(&e, want);
+        assert!(untouched(&xy) && untouched(&m) && untouched(&v));
+    }
+    let nan_eps = Affine { gamma: None, beta: None, eps: f32::NAN };
+    let (mut y, mut m, mut v) = (s(), sc(5), sc(5));
+    assert!(matches!(
+        k.forward_training(&d, &x[..len], &mut y[..len], &nan_eps, &mut m, &mut v),
+        Err(Error::InvalidEpsilon { .. })
+    ));
+    assert!(untouched(&y) && untouched(&m) && untouched(&v));
+    for (xl, yl, ml, vl) in [(len - 1, len, 5, 5), (len, len + 1, 5, 5), (len, len, 0, 5), (len, len, 5, 3)] {
+        let (mut y, mut m, mut v) = (s(), sc(ml), sc(vl));
+        let e = k.forward_training(&d, &x[..xl], &mut y[..yl], &ok_aff, &mut m, &mut v).unwrap_err();
+        assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
+        assert!(untouched(&y) && untouched(&m) && untouched(&v));
+    }
+    let (mut xy, mut m, mut v) = (s(), sc(5), sc(5));
+    let e = k.forward_training_in_place(&d, &mut xy[..len - 3], &ok_aff, &mut m, &mut v).unwrap_err();
+    assert_eq!(e, Error::LengthMismatch { what: "xy", expected: len, found: len - 3 });
+    assert!(untouched(&xy) && untouched(&m) && untouched(&v));
+
+    // forward_inference: negative or NaN variance, lengths, eps.
+    let mean = [0.0f32; 5];
+    for (var, ch) in [
+        ([1.0, 1.0, -1e-30, 1.0, 1.0], 2),
+        ([f32::NAN, 1.0, 1.0, 1.0, 1.0], 0),
+        ([1.0, 1.0, 1.0, 1.0, -1.0], 4),
+    ] {
+        let mut y = s();
+        let e = k.forward_inference(&d, &x[..len], &mut y[..len], &ok_aff, &mean, &var).unwrap_err();
+        assert!(matches!(e, Error::InvalidVariance { channel, .. } if channel == ch), "{e:?}");
+        assert!(e.to_string().contains(&format!("channel {ch}")));
+        assert!(untouched(&y));
+        let mut xy = s();
+        assert!(k.forward_inference_in_place(&d, &mut xy[..len], &ok_aff, &mean, &var).is_err());
+        assert!(untouched(&xy));
+    }
+    let var = [1.0f32; 5];
+    for (xl, yl, ml, vl) in [(len + 1, len, 5, 5), (len, len - 1, 5, 5), (len, len, 6, 5), (len, len, 5, 4)] {
+        let (bm, bv) = (vec![0.0f32; ml], vec![1.0f32; vl]);
+        let mut y = s();
+        let e = k.forward_inference(&d, &x[..xl], &mut y[..yl], &ok_aff, &bm, &bv);
+        assert!(matches!(e, Err(Error::LengthMismatch { .. })), "{e:?}");
+        assert!(untouched(&y));
+    }
+    for (aff, _) in &affs {
+        let mut y = s();
+        assert!(k.forward_inference(&d, &x[..len], &mut y[..len], aff, &mean, &var).is_err());
+        assert!(untouched(&y));
+    }
+
+    // channel_affine: scale, shift, x, y lengths.
+    for (xl, yl, scl, shl) in [(len - 1, len, 5, 5), (len, len + 1, 5, 5), (len, len, 4, 5), (len, len, 5, 6)]
+    {
+        let scale = vec![1.0f32; scl];
+        let shift = vec![1.0f32; shl];
+        let mut y = s();
+        let e = k.channel_affine(&d, &x[..xl], &mut y[..yl], &scale, &shift).unwrap_err();
+        assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
+        assert!(untouched(&y));
+        if xl != len || scl != 5 || shl != 5 {
+            let mut xy = s();
+            let e = k.channel_affine_in_place(&d, &mut xy[..xl], &scale, &shift).unwrap_err();
+            assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
+            assert!(untouched(&xy));
+        }
+    }
+}
+
+#[test]
+fn running_stats_errors_leave_outputs_untouched() {
+    let one = [1.0f32; 3];
+    type Args = (usize, usize, usize, usize, usize, f32);
+    let cases: [(Args, Error); 8] = [
+        ((3, 2, 3, 3, 4, 0.1), Error::LengthMismatch { what: "running_var", expected: 3, found: 2 }),
+        ((3, 3, 1, 3, 4, 0.1), Error::LengthMismatch { what: "mean", expected: 3, found: 1 }),
+        ((3, 3, 3, 0, 4, 0.1), Error::LengthMismatch { what: "var", expected: 3, found: 0 }),
+        ((3, 3, 3, 3, 1, 0.1), Error::CountTooSmall { count: 1 }),
+        ((3, 3, 3, 3, 0, 0.1), Error::CountTooSmall { count: 0 }),
+        ((3, 3, 3, 3, 4, -0.1), Error::InvalidMomentum { momentum: -0.1 }),
+        ((3, 3, 3, 3, 4, 1.5), Error::InvalidMomentum { momentum: 1.5 }),
+        ((3, 3, 3, 3, 4, f32::INFINITY), Error::InvalidMomentum { momentum: f32::INFINITY }),
+    ];
+    for ((rml, rvl, ml, vl, count, mom), want) in cases {
+        let (mut rm, mut rv) = (vec![SENTINEL; rml], vec![SENTINEL; rvl]);
+        let e =
+            bnorm::update_running_stats(&mut rm, &mut rv, &one[..ml], &one[..vl], count, mom).unwrap_err();
+        assert_eq!(e, want);
+        assert!(!e.to_string().is_empty());
+        assert!(untouched(&rm) && untouched(&rv));
+    }
+    let (mut rm, mut rv) = (vec![SENTINEL; 3], vec![SENTINEL; 3]);
+    let e = bnorm::update_running_stats(&mut rm, &mut rv, &one, &one, 4, f32::NAN).unwrap_err();
+    assert!(matches!(e, Error::InvalidMomentum { .. }));
+    assert!(untouched(&rm) && untouched(&rv));
+}
