@@ -89,3 +89,8 @@ pub use api::{
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;
 pub use layout::{Layout, Shape, TensorDesc};
+
+/// The README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -19,10 +19,22 @@ pub const LAYOUTS: [Layout; 5] = [
 
 /// The kernels of `isa`, or `None` after printing that the tier is skipped on this CPU (or under the
 /// `BNORM_MAX_ISA` cap). A skipped tier is reported, never passed silently.
+///
+/// The notice goes straight to the process's stderr (the test harness captures `eprintln!` of passing
+/// tests), once per test and tier.
 pub fn kernels_or_skip(isa: Isa, test: &str) -> Option<Kernels> {
+    use std::collections::BTreeSet;
+    use std::io::Write;
+    use std::sync::Mutex;
+    static REPORTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let k = Kernels::new(isa);
     if k.is_none() {
-        eprintln!("SKIPPED {test}: tier {isa} is not available on this CPU");
+        let key = format!("{test} on {isa}");
+        let mut seen = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(key.clone()) {
+            let why = "tier not available on this CPU or capped by BNORM_MAX_ISA";
+            let _ = writeln!(std::io::stderr(), "SKIPPED {key}: {why}");
+        }
     }
     k
 }
