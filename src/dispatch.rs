@@ -30,23 +30,13 @@ impl Isa {
     /// `avx512`) caps detection when it is first made, so that tests can walk the lower tiers on a CPU
     /// that has the higher ones. Under miri this is `Portable`.
     pub fn detect() -> Isa {
-        let mut best = Isa::Scalar;
-        for isa in Isa::ALL {
-            if isa.is_available() {
-                best = isa;
-            }
-        }
-        best
+        best()
     }
 
-    /// Whether this CPU (and OS) can run the tier, within the `BNORM_MAX_ISA` cap.
+    /// Whether this CPU (and OS) can run the tier, within the `BNORM_MAX_ISA` cap. Tiers are ordered:
+    /// every tier below the best available one is available too.
     pub fn is_available(self) -> bool {
-        let f = features();
-        match self {
-            Isa::Scalar | Isa::Portable => true,
-            Isa::Avx2 => f & AVX2 != 0,
-            Isa::Avx512 => f & AVX512 != 0,
-        }
+        self <= best()
     }
 
     /// The available tiers, lowest first.
@@ -80,52 +70,45 @@ impl fmt::Display for Isa {
     }
 }
 
-const KNOWN: u8 = 1;
-const AVX2: u8 = 2;
-const AVX512: u8 = 4;
-static FEATURES: AtomicU8 = AtomicU8::new(0);
+/// The best tier, as its index in `Isa::ALL`, plus one; 0 until detected.
+static BEST: AtomicU8 = AtomicU8::new(0);
 
-/// The detected feature bits, computed on first use and cached (`Relaxed` suffices: every thread
-/// computes the same value).
-fn features() -> u8 {
-    let f = FEATURES.load(Ordering::Relaxed);
-    if f & KNOWN != 0 {
-        return f;
+/// The best available tier, detected on first use and cached (`Relaxed` suffices: every thread computes
+/// the same value).
+fn best() -> Isa {
+    let b = BEST.load(Ordering::Relaxed);
+    if let Some(&isa) = b.checked_sub(1).and_then(|i| Isa::ALL.get(i as usize)) {
+        return isa;
     }
-    let f = detect_features() | KNOWN;
-    FEATURES.store(f, Ordering::Relaxed);
-    f
+    let isa = detect_best().min(cap());
+    BEST.store(isa as u8 + 1, Ordering::Relaxed);
+    isa
 }
 
-fn detect_features() -> u8 {
-    #[allow(unused_mut)]
-    let mut f = 0;
+fn detect_best() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        let d = crate::arch::x86_64::detect::features();
-        if d.avx2 {
-            f |= AVX2;
+        let f = crate::arch::x86_64::detect::features();
+        if f.avx512 {
+            return Isa::Avx512;
         }
-        if d.avx512 {
-            f |= AVX512;
+        if f.avx2 {
+            return Isa::Avx2;
         }
     }
-    f & cap()
+    Isa::Portable
 }
 
-/// The feature bits allowed by `BNORM_MAX_ISA` (all without std or without the variable).
-fn cap() -> u8 {
+/// The highest tier allowed by `BNORM_MAX_ISA` (no limit without std or without the variable; an
+/// unknown name is ignored).
+fn cap() -> Isa {
     #[cfg(feature = "std")]
     {
-        if let Ok(v) = std::env::var("BNORM_MAX_ISA") {
-            return match Isa::from_name(v.trim()) {
-                Some(Isa::Scalar | Isa::Portable) => 0,
-                Some(Isa::Avx2) => AVX2,
-                _ => AVX2 | AVX512,
-            };
+        if let Some(isa) = std::env::var("BNORM_MAX_ISA").ok().and_then(|v| Isa::from_name(v.trim())) {
+            return isa;
         }
     }
-    AVX2 | AVX512
+    Isa::Avx512
 }
 
 /// A handle on one available tier. Holding a `Kernels` proves that the CPU supports its tier; its

@@ -108,3 +108,107 @@ fn run_avx2(t: x86_64::avx2::Avx2, call: Call<'_>) {
 fn run_avx512(t: x86_64::avx512::Avx512, call: Call<'_>) {
     ops::run(t, call)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each tier's primitives against plain scalar arithmetic, at every partial length.
+    use super::Simd;
+
+    fn values(seed: u32, n: usize) -> impl Iterator<Item = f32> {
+        (0..n as u32).map(move |i| {
+            let h = (i.wrapping_add(seed)).wrapping_mul(2_654_435_761) >> 8;
+            (h % 2001) as f32 / 8.0 - 125.0
+        })
+    }
+
+    fn to_vec<S: Simd>(s: S, v: S::V) -> Vec<f32> {
+        let mut out = vec![0.0; S::LANES];
+        s.store(&mut out, v);
+        out
+    }
+
+    fn check<S: Simd>(s: S) {
+        let l = S::LANES;
+        let a: Vec<f32> = values(1, l).collect();
+        let b: Vec<f32> = values(7, l).collect();
+        let (va, vb) = (s.load(&a), s.load(&b));
+        assert_eq!(to_vec(s, va), a);
+        let lanes = |v: S::V| to_vec(s, v);
+        for i in 0..l {
+            assert_eq!(lanes(s.add(va, vb))[i], a[i] + b[i]);
+            assert_eq!(lanes(s.sub(va, vb))[i], a[i] - b[i]);
+            assert_eq!(lanes(s.mul(va, vb))[i], a[i] * b[i]);
+            assert_eq!(lanes(s.div(va, vb))[i], a[i] / b[i]);
+            // Small multiples of 1/8: the product and sum are exact, fused or not.
+            assert_eq!(lanes(s.mul_add(va, vb, va))[i], a[i] * b[i] + a[i]);
+        }
+        assert_eq!(lanes(s.splat(2.5)), vec![2.5; l]);
+        // hsum of exactly representable values is their exact sum.
+        assert_eq!(s.hsum(va), a.iter().sum::<f32>());
+        let fill = s.splat(-9.0);
+        for n in 0..l {
+            let got = lanes(s.load_part(&a[..n], fill));
+            let want: Vec<f32> = (0..l).map(|i| if i < n { a[i] } else { -9.0 }).collect();
+            assert_eq!(got, want, "load_part({n})");
+            let mut out = vec![f32::NAN; l + 1];
+            s.store_part(&mut out[..n], va);
+            assert_eq!(&out[..n], &a[..n]);
+            assert!(out[n..].iter().all(|v| v.is_nan()), "store_part({n}) wrote past the slice");
+        }
+        for n in 0..=l {
+            let got = lanes(s.keep_first(s.splat(f32::NAN), n));
+            assert!(got[..n].iter().all(|v| v.is_nan()) && got[n..].iter().all(|v| v.to_bits() == 0));
+        }
+        // 1/√v from correctly rounded operations, bit for bit; 0 where v == 0.
+        let special =
+            [0.0, -0.0, 1e-45, 1.2e-38, 0.25, 2.0, 3.0, 1e30, f32::MAX, f32::INFINITY, -1.0, f32::NAN];
+        for chunk in special.chunks(l) {
+            let v = if chunk.len() == l { s.load(chunk) } else { s.load_part(chunk, s.splat(1.0)) };
+            let got = lanes(s.inv_sqrt_or_zero(v));
+            for (i, &x) in chunk.iter().enumerate() {
+                let want = if x == 0.0 { 0.0 } else { 1.0 / x.sqrt() };
+                assert!(
+                    got[i].to_bits() == want.to_bits() || (got[i].is_nan() && want.is_nan()),
+                    "1/sqrt({x})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_primitives() {
+        check(super::scalar::Scalar);
+    }
+
+    #[test]
+    fn portable_primitives() {
+        check(super::portable::Portable);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x86_primitives() {
+        if crate::Isa::Avx2.is_available() {
+            // SAFETY: availability checked on the line above.
+            check(unsafe { super::x86_64::avx2::Avx2::new_unchecked() });
+        }
+        if crate::Isa::Avx512.is_available() {
+            // SAFETY: availability checked on the line above.
+            check(unsafe { super::x86_64::avx512::Avx512::new_unchecked() });
+        }
+    }
+
+    /// The no-std square root (through `wide`) is correctly rounded: equal to std's on many bit patterns.
+    #[test]
+    fn software_sqrt_is_correctly_rounded() {
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let f = f32::from_bits(x & 0x7fff_ffff);
+            let got = wide::f32x4::splat(f).sqrt().to_array()[0];
+            assert!(got.to_bits() == f.sqrt().to_bits() || (got.is_nan() && f.is_nan()), "sqrt({f:e})");
+        }
+    }
+}
