@@ -90,6 +90,26 @@ pub use dispatch::{Isa, Kernels};
 pub use error::Error;
 pub use layout::{Layout, Shape, TensorDesc};
 
+/// Reference passes for measuring the machine's streaming limit beside the kernels (used by the
+/// `roofline` example and the benches). Not part of the stable API.
+#[doc(hidden)]
+pub mod __bench {
+    use crate::Kernels;
+    use crate::kernels::ops::Call;
+
+    /// Reads every element of `x` once (a vector sum); returns the sum.
+    pub fn read_pass(k: &Kernels, x: &[f32]) -> f32 {
+        let mut sum = 0.0;
+        crate::arch::run(k.isa(), Call::ReadPass { x, sum: &mut sum });
+        sum
+    }
+
+    /// `y = 1.5·x + 0.25` over the common length, with non-temporal stores when `stream`.
+    pub fn scale_pass(k: &Kernels, x: &[f32], y: &mut [f32], stream: bool) {
+        crate::arch::run(k.isa(), Call::ScalePass { x, y, stream });
+    }
+}
+
 /// The README's code, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

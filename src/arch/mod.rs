@@ -53,10 +53,17 @@ pub(crate) trait Simd: Copy {
     /// `1 / sqrt(v)` from a correctly rounded square root and a correctly rounded division; lanes where
     /// `v == 0` give 0 (a zero-variance channel normalises to 0, never to NaN).
     fn inv_sqrt_or_zero(self, v: Self::V) -> Self::V;
-    /// Keeps lanes `0..n` of `v` and sets the others to +0.0.
-    fn keep_first(self, v: Self::V, n: usize) -> Self::V;
     /// The sum of all lanes, added in a fixed pairwise tree.
     fn hsum(self, v: Self::V) -> f32;
+    /// Bitwise `a & b` (`b` a lane mask of all-ones or all-zeros bit patterns).
+    fn and(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Stores like `store`, bypassing the caches (non-temporal) where the tier has such stores and the
+    /// first element is aligned to the vector size; an ordinary store otherwise.
+    fn stream(self, s: &mut [f32], v: Self::V) {
+        self.store(s, v)
+    }
+    /// Orders earlier non-temporal stores before later stores (`sfence`); a no-op without them.
+    fn fence(self) {}
 }
 
 use crate::dispatch::Isa;
@@ -155,10 +162,13 @@ mod tests {
             assert_eq!(&out[..n], &a[..n]);
             assert!(out[n..].iter().all(|v| v.is_nan()), "store_part({n}) wrote past the slice");
         }
-        for n in 0..=l {
-            let got = lanes(s.keep_first(s.splat(f32::NAN), n));
-            assert!(got[..n].iter().all(|v| v.is_nan()) && got[n..].iter().all(|v| v.to_bits() == 0));
-        }
+        let ones = s.splat(f32::from_bits(u32::MAX));
+        assert_eq!(lanes(s.and(va, ones)), a);
+        assert!(lanes(s.and(s.splat(f32::NAN), s.splat(0.0))).iter().all(|v| v.to_bits() == 0));
+        let mut out = vec![0.0; l];
+        s.stream(&mut out, va);
+        s.fence();
+        assert_eq!(out, a);
         // 1/√v from correctly rounded operations, bit for bit; 0 where v == 0.
         let special =
             [0.0, -0.0, 1e-45, 1.2e-38, 0.25, 2.0, 3.0, 1e30, f32::MAX, f32::INFINITY, -1.0, f32::NAN];

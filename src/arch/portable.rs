@@ -66,16 +66,12 @@ impl Simd for Portable {
         v.simd_eq(zero).select(zero, r)
     }
     #[inline(always)]
-    fn keep_first(self, v: f32x4, n: usize) -> f32x4 {
-        let mut a = v.to_array();
-        for x in a.iter_mut().skip(n) {
-            *x = 0.0;
-        }
-        f32x4::new(a)
-    }
-    #[inline(always)]
     fn hsum(self, v: f32x4) -> f32 {
         let a = v.to_array();
         (a[0] + a[2]) + (a[1] + a[3])
+    }
+    #[inline(always)]
+    fn and(self, a: f32x4, b: f32x4) -> f32x4 {
+        a & b
     }
 }

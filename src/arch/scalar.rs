@@ -69,11 +69,11 @@ impl Simd for Scalar {
         if v == 0.0 { 0.0 } else { 1.0 / sqrt_f32(v) }
     }
     #[inline(always)]
-    fn keep_first(self, v: f32, n: usize) -> f32 {
-        if n >= 1 { v } else { 0.0 }
-    }
-    #[inline(always)]
     fn hsum(self, v: f32) -> f32 {
         v
+    }
+    #[inline(always)]
+    fn and(self, a: f32, b: f32) -> f32 {
+        f32::from_bits(a.to_bits() & b.to_bits())
     }
 }

@@ -6,6 +6,7 @@
 //! - `ops`: the per-layout drivers behind every public operation, and the single entry point `run`
 //!   that each tier instantiates.
 
+pub(crate) mod limit;
 pub(crate) mod normalize;
 pub(crate) mod ops;
 pub(crate) mod stats;
@@ -23,12 +24,34 @@ pub(crate) const TILE: usize = 4;
 /// Kernels are generic over it, so in-place and out-of-place calls run the same instructions and give
 /// the same bits.
 pub(crate) trait Io {
+    /// The input values.
+    fn input(&self) -> &[f32];
     fn load<S: Simd>(&self, s: S, at: usize) -> S::V;
     /// Loads `n < LANES` values at `at`; other lanes are `fill`.
     fn load_part<S: Simd>(&self, s: S, at: usize, n: usize, fill: S::V) -> S::V;
     fn store<S: Simd>(&mut self, s: S, at: usize, v: S::V);
     /// Stores the first `n < LANES` lanes at `at`.
     fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V);
+    /// How many elements the output at `at` lies past a `LANES`-element boundary.
+    fn out_phase<S: Simd>(&self, at: usize) -> usize;
+    /// Loads four consecutive vectors at `at` (one bounds check for all four).
+    #[inline(always)]
+    fn load4<S: Simd>(&self, s: S, at: usize) -> [S::V; 4] {
+        let x = &self.input()[at..at + 4 * S::LANES];
+        [s.load(x), s.load(&x[S::LANES..]), s.load(&x[2 * S::LANES..]), s.load(&x[3 * S::LANES..])]
+    }
+    /// Stores four consecutive vectors at `at`, non-temporally with `stream`.
+    fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool);
+}
+
+/// Stores four vectors into `y` (at least `4·LANES` long).
+#[inline(always)]
+fn store4_into<S: Simd>(s: S, y: &mut [f32], v: [S::V; 4], stream: bool) {
+    let l = S::LANES;
+    let y = &mut y[..4 * l];
+    for (u, v) in v.into_iter().enumerate() {
+        if stream { s.stream(&mut y[u * l..], v) } else { s.store(&mut y[u * l..], v) }
+    }
 }
 
 /// Out of place: read `x`, write `y` (same length).
@@ -43,6 +66,10 @@ pub(crate) struct InPlace<'a> {
 }
 
 impl Io for Split<'_> {
+    #[inline(always)]
+    fn input(&self) -> &[f32] {
+        self.x
+    }
     #[inline(always)]
     fn load<S: Simd>(&self, s: S, at: usize) -> S::V {
         s.load(&self.x[at..])
@@ -59,9 +86,21 @@ impl Io for Split<'_> {
     fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V) {
         s.store_part(&mut self.y[at..at + n], v)
     }
+    #[inline(always)]
+    fn out_phase<S: Simd>(&self, at: usize) -> usize {
+        (self.y.as_ptr() as usize / 4 + at) % S::LANES
+    }
+    #[inline(always)]
+    fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool) {
+        store4_into(s, &mut self.y[at..], v, stream)
+    }
 }
 
 impl Io for InPlace<'_> {
+    #[inline(always)]
+    fn input(&self) -> &[f32] {
+        self.xy
+    }
     #[inline(always)]
     fn load<S: Simd>(&self, s: S, at: usize) -> S::V {
         s.load(&self.xy[at..])
@@ -77,6 +116,15 @@ impl Io for InPlace<'_> {
     #[inline(always)]
     fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V) {
         s.store_part(&mut self.xy[at..at + n], v)
+    }
+    #[inline(always)]
+    fn out_phase<S: Simd>(&self, at: usize) -> usize {
+        (self.xy.as_ptr() as usize / 4 + at) % S::LANES
+    }
+    #[inline(always)]
+    fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], _stream: bool) {
+        // In place the lines are already cached and owned: ordinary stores cost no extra traffic.
+        store4_into(s, &mut self.xy[at..], v, false)
     }
 }
 
@@ -101,9 +149,14 @@ impl Rows {
         let mut k = 0;
         let (mut o, mut i) = *cursor;
         while k < offs.len() && o < self.outer {
-            offs[k] = self.base + o * self.outer_stride + i * self.inner_stride;
-            k += 1;
-            i += 1;
+            // A run of rows inside one outer set, at a constant stride.
+            let run = (self.inner - i).min(offs.len() - k);
+            let start = self.base + o * self.outer_stride + i * self.inner_stride;
+            for (r, slot) in offs[k..k + run].iter_mut().enumerate() {
+                *slot = start + r * self.inner_stride;
+            }
+            k += run;
+            i += run;
             if i == self.inner {
                 i = 0;
                 o += 1;

@@ -1,8 +1,14 @@
 #![forbid(unsafe_code)]
 //! The normalise-affine pass in centred form, `y = (x − m)·scale + shift`, for every layout.
 //! `channel_affine` is the same pass with `m = 0` (`x − 0` is exact).
+//!
+//! Every layout is reduced to *spans*: contiguous runs of elements whose channel repeats with a period
+//! (a whole NHWC tensor has period C; a blocked plane has period b; an NCHW plane has one channel). A span
+//! is processed with a masked head until the output is vector-aligned, an unrolled body whose stores can
+//! bypass the cache, and a masked tail. Each element is computed by the same operations wherever it falls,
+//! so results do not depend on alignment.
 
-use super::{GROUP, Io, Rows, TILE, load_clamped};
+use super::{GROUP, Io, load_clamped};
 use crate::arch::Simd;
 
 /// Per-channel parameters of a channel group, indexed from the group's first channel; each holds the
@@ -14,18 +20,6 @@ pub(crate) struct Params<'a> {
     pub scale: &'a [f32],
     /// Added after scaling; `None` means 0.
     pub shift: Option<&'a [f32]>,
-}
-
-impl Params<'_> {
-    /// The parameters of channels `at..at + LANES` as vectors (missing channels give 0).
-    #[inline(always)]
-    fn vectors<S: Simd>(&self, s: S, at: usize) -> (S::V, S::V, S::V) {
-        let zero = s.splat(0.0);
-        let m = self.mean.map_or(zero, |p| load_clamped(s, p, at, zero));
-        let sc = load_clamped(s, self.scale, at, zero);
-        let sh = self.shift.map_or(zero, |p| load_clamped(s, p, at, zero));
-        (m, sc, sh)
-    }
 }
 
 /// `scale[j] = gamma[j] / √(var[j] + eps)` for `j < var.len() ≤ GROUP` (1/√ correctly rounded, and 0
@@ -50,104 +44,182 @@ pub(crate) fn fill_scale<S: Simd>(
     }
 }
 
-/// Normalises every row of `rows`. Channels `valid..width` of each row are padding and are written as 0.
-#[inline(always)]
-pub(crate) fn rows_normalize<S: Simd, I: Io>(s: S, io: &mut I, rows: &Rows, valid: usize, p: &Params<'_>) {
-    let l = S::LANES;
-    let w = rows.width;
-    let mut cursor = (0, 0);
-    let mut offs = [0usize; super::stats::ROW_BLOCK];
-    loop {
-        let b = rows.next_block(&mut cursor, &mut offs);
-        if b == 0 {
-            break;
-        }
-        let offs = &offs[..b];
-        let mut col = 0;
-        while col + TILE * l <= valid {
-            normalize_tile::<S, I>(s, io, offs, col, p);
-            col += TILE * l;
-        }
-        while col < w {
-            normalize_vector(s, io, offs, col, (w - col).min(l), valid.saturating_sub(col), p);
-            col += l;
-        }
+/// Parameters as vectors for an element position given by its *phase* (its channel's index within the
+/// period of the span).
+pub(crate) trait Phased<S: Simd> {
+    /// `(m, scale, shift)` for the `LANES` channels starting at `phase`.
+    fn vecs(&self, s: S, phase: usize) -> (S::V, S::V, S::V);
+    /// Zeroes the lanes of padding channels (identity where there is no padding).
+    fn mask(&self, s: S, phase: usize, y: S::V) -> S::V;
+    /// The phase `by` elements after `phase`.
+    fn advance(&self, phase: usize, by: usize) -> usize;
+    /// The phase one vector (`LANES` elements) after `phase`.
+    fn next(&self, phase: usize) -> usize;
+}
+
+/// One channel's parameters for a whole span.
+pub(crate) struct Uniform<V> {
+    m: V,
+    sc: V,
+    sh: V,
+}
+
+impl<V: Copy> Uniform<V> {
+    #[inline(always)]
+    pub(crate) fn new<S: Simd<V = V>>(s: S, (m, sc, sh): (f32, f32, f32)) -> Self {
+        Uniform { m: s.splat(m), sc: s.splat(sc), sh: s.splat(sh) }
     }
 }
 
-/// A register tile of `TILE` full, valid vectors at column `col`.
-#[inline(always)]
-fn normalize_tile<S: Simd, I: Io>(s: S, io: &mut I, offs: &[usize], col: usize, p: &Params<'_>) {
-    let l = S::LANES;
-    let zero = s.splat(0.0);
-    let mut m = [zero; TILE];
-    let mut sc = [zero; TILE];
-    let mut sh = [zero; TILE];
-    for j in 0..TILE {
-        (m[j], sc[j], sh[j]) = p.vectors(s, col + j * l);
+impl<S: Simd> Phased<S> for Uniform<S::V> {
+    #[inline(always)]
+    fn vecs(&self, _s: S, _phase: usize) -> (S::V, S::V, S::V) {
+        (self.m, self.sc, self.sh)
     }
-    for &off in offs {
-        for j in 0..TILE {
-            let at = off + col + j * l;
-            let x = io.load(s, at);
-            io.store(s, at, s.mul_add(s.sub(x, m[j]), sc[j], sh[j]));
-        }
+    #[inline(always)]
+    fn mask(&self, _s: S, _phase: usize, y: S::V) -> S::V {
+        y
     }
-}
-
-/// One vector at column `col` with `wn ≤ LANES` lanes inside the row, of which the first `vn` are real
-/// channels (the rest padding, written as 0).
-#[inline(always)]
-fn normalize_vector<S: Simd, I: Io>(
-    s: S,
-    io: &mut I,
-    offs: &[usize],
-    col: usize,
-    wn: usize,
-    vn: usize,
-    p: &Params<'_>,
-) {
-    let l = S::LANES;
-    let zero = s.splat(0.0);
-    let (m, sc, sh) = p.vectors(s, col);
-    for &off in offs {
-        let at = off + col;
-        let x = if wn < l { io.load_part(s, at, wn, zero) } else { io.load(s, at) };
-        let mut y = s.mul_add(s.sub(x, m), sc, sh);
-        if vn < l {
-            y = s.keep_first(y, vn);
-        }
-        if wn < l { io.store_part(s, at, wn, y) } else { io.store(s, at, y) }
+    #[inline(always)]
+    fn advance(&self, _phase: usize, _by: usize) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn next(&self, _phase: usize) -> usize {
+        0
     }
 }
 
-/// Normalises the `len` contiguous values at `at` with one channel's parameters.
+/// Room for a period of up to GROUP channels plus one vector of the widest tier (16 lanes).
+pub(crate) const PBUF: usize = GROUP + 16;
+/// Room for a period of one channel block (at most 16) plus one vector.
+pub(crate) const PBUF_BLOCK: usize = 32;
+
+/// Parameters of `period` channels, repeated so that the `LANES` channels from any phase are one
+/// unaligned load: `buf[i] = param[i % period]`. `N ≥ period + LANES`.
+pub(crate) struct Periodic<const N: usize> {
+    period: usize,
+    /// `LANES % period`: how far one vector moves the phase.
+    step: usize,
+    m: [f32; N],
+    sc: [f32; N],
+    sh: [f32; N],
+    /// All-ones bits for real channels, zero for padding; `None` without padding.
+    keep: Option<[f32; N]>,
+}
+
+impl<const N: usize> Periodic<N> {
+    /// Parameters of a period of `period` channels of which the first `p.scale.len()` are real (the rest
+    /// padding, whose outputs are 0). `period + LANES ≤ N`.
+    #[inline(always)]
+    pub(crate) fn new<S: Simd>(_s: S, p: &Params<'_>, period: usize) -> Self {
+        let valid = p.scale.len();
+        let mut out = Periodic {
+            period,
+            step: S::LANES % period,
+            m: [0.0; N],
+            sc: [0.0; N],
+            sh: [0.0; N],
+            keep: (valid < period).then_some([0.0; N]),
+        };
+        let n = (period + S::LANES).min(N);
+        for i in 0..n {
+            let c = i % period;
+            if c < valid {
+                out.m[i] = p.mean.map_or(0.0, |m| m[c]);
+                out.sc[i] = p.scale[c];
+                out.sh[i] = p.shift.map_or(0.0, |t| t[c]);
+                if let Some(k) = &mut out.keep {
+                    k[i] = f32::from_bits(u32::MAX);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
+    #[inline(always)]
+    fn vecs(&self, s: S, phase: usize) -> (S::V, S::V, S::V) {
+        // `phase < period ≤ N - LANES`; the clamp states it so that the loads need no bounds check.
+        let ph = phase.min(N - S::LANES);
+        (s.load(&self.m[ph..]), s.load(&self.sc[ph..]), s.load(&self.sh[ph..]))
+    }
+    #[inline(always)]
+    fn mask(&self, s: S, phase: usize, y: S::V) -> S::V {
+        match &self.keep {
+            Some(k) => s.and(y, s.load(&k[phase.min(N - S::LANES)..])),
+            None => y,
+        }
+    }
+    #[inline(always)]
+    fn advance(&self, phase: usize, by: usize) -> usize {
+        (phase + by) % self.period
+    }
+    #[inline(always)]
+    fn next(&self, phase: usize) -> usize {
+        let p = phase + self.step;
+        if p >= self.period { p - self.period } else { p }
+    }
+}
+
+/// One vector of output at `at` (`n ≤ LANES` elements; partial when `n < LANES`).
 #[inline(always)]
-pub(crate) fn plane_normalize<S: Simd, I: Io>(
+fn one<S: Simd, I: Io, P: Phased<S>>(s: S, io: &mut I, at: usize, n: usize, p: &P, phase: usize) {
+    let (m, sc, sh) = p.vecs(s, phase);
+    if n < S::LANES {
+        let x = io.load_part(s, at, n, m);
+        io.store_part(s, at, n, p.mask(s, phase, s.mul_add(s.sub(x, m), sc, sh)));
+    } else {
+        let x = io.load(s, at);
+        io.store(s, at, p.mask(s, phase, s.mul_add(s.sub(x, m), sc, sh)));
+    }
+}
+
+/// Normalises the `len` elements at `at`, the first of which has phase `phase`. With `stream`, the
+/// aligned body is written with non-temporal stores.
+#[inline(always)]
+pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
     s: S,
     io: &mut I,
     at: usize,
     len: usize,
-    (m, sc, sh): (f32, f32, f32),
+    p: &P,
+    phase: usize,
+    stream: bool,
 ) {
     let l = S::LANES;
-    let (m, sc, sh) = (s.splat(m), s.splat(sc), s.splat(sh));
     let end = at + len;
     let mut i = at;
+    let mut ph = phase;
+    // Head: up to the next output address aligned to the vector size.
+    let head = ((l - io.out_phase::<S>(i)) % l).min(len);
+    if head > 0 {
+        one(s, io, i, head, p, ph);
+        i += head;
+        ph = p.advance(ph, head);
+    }
     while i + 4 * l <= end {
-        for u in 0..4 {
-            let x = io.load(s, i + u * l);
-            io.store(s, i + u * l, s.mul_add(s.sub(x, m), sc, sh));
+        let mut phs = [ph; 4];
+        for u in 1..4 {
+            phs[u] = p.next(phs[u - 1]);
         }
+        let x = io.load4(s, i);
+        let mut y = x;
+        for u in 0..4 {
+            let (m, sc, sh) = p.vecs(s, phs[u]);
+            y[u] = p.mask(s, phs[u], s.mul_add(s.sub(x[u], m), sc, sh));
+        }
+        io.store4(s, i, y, stream);
+        ph = p.next(phs[3]);
         i += 4 * l;
     }
     while i + l <= end {
-        let x = io.load(s, i);
-        io.store(s, i, s.mul_add(s.sub(x, m), sc, sh));
+        one(s, io, i, l, p, ph);
+        ph = p.next(ph);
         i += l;
     }
     if i < end {
-        let x = io.load_part(s, i, end - i, m);
-        io.store_part(s, i, end - i, s.mul_add(s.sub(x, m), sc, sh));
+        one(s, io, i, end - i, p, ph);
     }
 }

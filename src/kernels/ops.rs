@@ -2,13 +2,25 @@
 //! Per-layout drivers of every operation, and [`run`], the one function each tier instantiates.
 //!
 //! Kernels are chosen by memory order, not by the layout's name: NCHW with spatial size 1 is the same
-//! memory as NHWC and runs the row kernels.
+//! memory as NHWC and runs the channels-last kernels.
+//!
+//! Training works chunk by chunk of channels: the statistics of a chunk are computed (one read of its
+//! data), then the chunk is normalised while its data is still in cache, so x comes from memory once.
+//! Outputs far larger than the cache are written with non-temporal stores.
 
-use super::normalize::{Params, fill_scale, plane_normalize, rows_normalize};
-use super::stats::{ChannelStats, GroupStats, rows_moments};
+use super::normalize::{PBUF, PBUF_BLOCK, Params, Periodic, Uniform, fill_scale, span};
+use super::stats::{PlaneStats, contiguous_moments};
 use super::{GROUP, InPlace, Io, Rows, Split};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
+
+/// Training chunks hold about this many bytes of x (when a channel's data allows), so that the
+/// normalise pass re-reads them from the core's L2 cache.
+const TRAIN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Outputs of at least this many bytes are written with non-temporal stores; smaller ones stay in cache
+/// for the next layer.
+const STREAM_MIN_BYTES: usize = 8 << 20;
 
 /// In- or out-of-place data of a normalising call.
 pub(crate) enum Data<'a> {
@@ -47,6 +59,16 @@ pub(crate) enum Call<'a> {
         data: Data<'a>,
         params: ParamSrc<'a>,
     },
+    /// The streaming-limit reference passes (see `kernels::limit`).
+    ReadPass {
+        x: &'a [f32],
+        sum: &'a mut f32,
+    },
+    ScalePass {
+        x: &'a [f32],
+        y: &'a mut [f32],
+        stream: bool,
+    },
 }
 
 /// Runs a validated call with tier `s`. Everything below is `#[inline(always)]`, so the whole call is
@@ -54,29 +76,26 @@ pub(crate) enum Call<'a> {
 #[inline(always)]
 pub(crate) fn run<S: Simd>(s: S, call: Call<'_>) {
     match call {
-        Call::Moments { desc, x, mean, var } => moments(s, desc, x, mean, var),
-        Call::Training { desc, data, gamma, beta, eps, mean, var } => {
-            let x = match &data {
-                Data::Split(x, _) => *x,
-                Data::InPlace(xy) => &**xy,
-            };
-            moments(s, desc, x, mean, var);
-            let params = ParamSrc::Stats { mean, var, gamma, beta, eps };
-            normalize_data(s, desc, data, params);
+        Call::Moments { desc, x, mean, var } => {
+            for (c0, c1) in chunks(desc, GROUP) {
+                moments_range(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
+            }
         }
-        Call::Normalize { desc, data, params } => normalize_data(s, desc, data, params),
-    }
-}
-
-#[inline(always)]
-fn normalize_data<S: Simd>(s: S, desc: &TensorDesc, data: Data<'_>, params: ParamSrc<'_>) {
-    match data {
-        Data::Split(x, y) => normalize(s, desc, &mut Split { x, y }, params),
-        Data::InPlace(xy) => normalize(s, desc, &mut InPlace { xy }, params),
+        Call::Training { desc, data, gamma, beta, eps, mean, var } => match data {
+            Data::Split(x, y) => training(s, desc, &mut Split { x, y }, gamma, beta, eps, mean, var, true),
+            Data::InPlace(xy) => training(s, desc, &mut InPlace { xy }, gamma, beta, eps, mean, var, false),
+        },
+        Call::Normalize { desc, data, params } => match data {
+            Data::Split(x, y) => normalize(s, desc, &mut Split { x, y }, params, true),
+            Data::InPlace(xy) => normalize(s, desc, &mut InPlace { xy }, params, false),
+        },
+        Call::ReadPass { x, sum } => *sum = super::limit::read_pass(s, x),
+        Call::ScalePass { x, y, stream } => super::limit::scale_pass(s, x, y, stream),
     }
 }
 
 /// How the kernels see a tensor's memory.
+#[derive(Clone, Copy)]
 enum Kind {
     /// Rows of C contiguous channels (NHWC, and NCHW with spatial size 1).
     Channels,
@@ -91,16 +110,88 @@ fn kind(desc: &TensorDesc) -> Kind {
     match desc.layout() {
         Layout::Nhwc => Kind::Channels,
         Layout::Nchw if desc.shape().spatial == 1 => Kind::Channels,
+        // One position per block plane: the memory is N rows of the padded channels, and the rows
+        // kernels handle it (with the padding lanes as channels whose results are dropped or zeroed).
+        Layout::Blocked { block } if desc.shape().spatial == 1 && desc.shape().c <= GROUP => {
+            let _ = block;
+            Kind::Channels
+        }
         Layout::Nchw => Kind::Planes,
         Layout::Blocked { block } => Kind::Blocked(block),
     }
 }
 
-/// Rows of channels `c0..c0 + width` of a channels-last tensor.
+/// Consecutive channel ranges of at most `max` channels (at most GROUP; whole blocks for blocked
+/// layouts).
 #[inline(always)]
-fn channel_rows(desc: &TensorDesc, c0: usize, width: usize) -> Rows {
+fn chunks(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let c = desc.shape().c;
+    let step = match kind(desc) {
+        Kind::Blocked(b) => (max.min(GROUP) / b).max(1) * b,
+        _ => max.clamp(1, GROUP),
+    };
+    (0..c.div_ceil(step)).map(move |i| (i * step, ((i + 1) * step).min(c)))
+}
+
+/// Channels per training chunk: about TRAIN_CHUNK_BYTES of data, at least one vector's worth of channels
+/// in channels-last memory (narrower strided reads waste bandwidth).
+#[inline(always)]
+fn train_chunk(desc: &TensorDesc) -> usize {
+    let per_channel = desc.shape().count().saturating_mul(4).max(1);
+    let fit = TRAIN_CHUNK_BYTES / per_channel;
+    match (kind(desc), desc.layout()) {
+        // Blocked rows carry padding: they are only ever processed whole.
+        (Kind::Channels, Layout::Blocked { .. }) => desc.shape().c,
+        (Kind::Channels, _) => fit.max(16),
+        _ => fit.max(1),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn training<S: Simd, I: Io>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+    mean: &mut [f32],
+    var: &mut [f32],
+    out_of_place: bool,
+) {
+    let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
+    let mut scratch = [0.0f32; GROUP];
+    for (c0, c1) in chunks(desc, train_chunk(desc)) {
+        let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
+        moments_range(s, desc, io.input(), c0, c1, m, v);
+        fill_scale(s, v, gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
+        let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: beta.map(|b| &b[c0..c1]) };
+        normalize_range(s, desc, io, c0, c1, &p, stream);
+    }
+    if stream {
+        s.fence();
+    }
+}
+
+/// Values per row of a channels-kind tensor: C, or the padded channel count of a blocked tensor with
+/// spatial size 1.
+#[inline(always)]
+fn row_len(desc: &TensorDesc) -> usize {
+    match desc.layout() {
+        Layout::Blocked { block } => desc.shape().c.div_ceil(block) * block,
+        _ => desc.shape().c,
+    }
+}
+
+/// Rows of channels `c0..c1` of a channels-kind tensor; the whole rows (padding included) when the range
+/// covers every channel.
+#[inline(always)]
+fn channel_rows(desc: &TensorDesc, c0: usize, c1: usize) -> Rows {
     let sh = desc.shape();
-    Rows { base: c0, outer: 1, inner: sh.n * sh.spatial, outer_stride: 0, inner_stride: sh.c, width }
+    let stride = row_len(desc);
+    let width = if c0 == 0 && c1 == sh.c { stride } else { c1 - c0 };
+    Rows { base: c0, outer: 1, inner: sh.n * sh.spatial, outer_stride: 0, inner_stride: stride, width }
 }
 
 /// Rows of channel block `cb` of a blocked tensor.
@@ -118,38 +209,37 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
     }
 }
 
-/// Per-channel mean and population variance.
+/// Mean and population variance of channels `c0..c1` (at most GROUP; whole blocks for blocked layouts,
+/// but for the last) into `mean`/`var` (`c1 - c0` long).
 #[inline(always)]
-pub(crate) fn moments<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+fn moments_range<S: Simd>(
+    s: S,
+    desc: &TensorDesc,
+    x: &[f32],
+    c0: usize,
+    c1: usize,
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
     let sh = desc.shape();
     match kind(desc) {
-        Kind::Channels => {
-            let mut c0 = 0;
-            while c0 < sh.c {
-                let w = (sh.c - c0).min(GROUP);
-                let mut st = GroupStats::new();
-                rows_moments(s, x, &channel_rows(desc, c0, w), &mut st);
-                st.finish(s, &mut mean[c0..c0 + w], &mut var[c0..c0 + w]);
-                c0 += w;
-            }
-        }
+        Kind::Channels => contiguous_moments(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
         Kind::Planes => {
-            for c in 0..sh.c {
-                let mut st = ChannelStats::new(x[c * sh.spatial]);
+            for c in c0..c1 {
+                let first = &x[c * sh.spatial..(c + 1) * sh.spatial];
+                let mut st = PlaneStats::new(s, first);
                 for n in 0..sh.n {
                     let at = (n * sh.c + c) * sh.spatial;
                     st.add_plane(s, &x[at..at + sh.spatial]);
                 }
-                (mean[c], var[c]) = st.finish();
+                (mean[c - c0], var[c - c0]) = st.finish(s);
             }
         }
         Kind::Blocked(b) => {
-            for cb in 0..sh.c.div_ceil(b) {
-                let c0 = cb * b;
-                let valid = (sh.c - c0).min(b);
-                let mut st = GroupStats::new();
-                rows_moments(s, x, &block_rows(desc, b, cb), &mut st);
-                st.finish(s, &mut mean[c0..c0 + valid], &mut var[c0..c0 + valid]);
+            for cb in c0 / b..c1.div_ceil(b) {
+                let (j0, j1) = (cb * b - c0, (cb * b + b).min(c1) - c0);
+                let rows = block_rows(desc, b, cb);
+                contiguous_moments(s, x, &rows, j1 - j0, &mut mean[j0..j1], &mut var[j0..j1]);
             }
         }
     }
@@ -157,12 +247,10 @@ pub(crate) fn moments<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f
 
 /// The normalise-affine pass over the whole tensor, channel group by channel group.
 #[inline(always)]
-fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>) {
-    let sh = desc.shape();
+fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>, out_of_place: bool) {
+    let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
     let mut scratch = [0.0f32; GROUP];
-    let mut c0 = 0;
-    while c0 < sh.c {
-        let c1 = (c0 + GROUP).min(sh.c);
+    for (c0, c1) in chunks(desc, GROUP) {
         let p = match src {
             ParamSrc::Stats { mean, var, gamma, beta, eps } => {
                 fill_scale(s, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
@@ -176,46 +264,65 @@ fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
             }
         };
-        normalize_group(s, desc, io, c0, c1, &p);
-        c0 = c1;
+        normalize_range(s, desc, io, c0, c1, &p, stream);
+    }
+    if stream {
+        s.fence();
     }
 }
 
-/// Normalises channels `c0..c1` (at most GROUP; a multiple of the block size except at the end).
+/// Normalises channels `c0..c1` (at most GROUP; whole blocks for blocked layouts but for the last) with
+/// the parameters `p` of those channels.
 #[inline(always)]
-fn normalize_group<S: Simd, I: Io>(
+fn normalize_range<S: Simd, I: Io>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
     c0: usize,
     c1: usize,
     p: &Params<'_>,
+    stream: bool,
 ) {
     let sh = desc.shape();
+    let rows = sh.n * sh.spatial;
     match kind(desc) {
-        Kind::Channels => rows_normalize(s, io, &channel_rows(desc, c0, c1 - c0), c1 - c0, p),
+        Kind::Channels if c0 == 0 && c1 == sh.c => {
+            // Whole rows: the tensor is one span whose channel repeats with the row's period.
+            let period = row_len(desc);
+            let pp = Periodic::<PBUF>::new(s, p, period);
+            span(s, io, 0, rows * period, &pp, 0, stream);
+        }
+        Kind::Channels => {
+            let pp = Periodic::<PBUF>::new(s, p, c1 - c0);
+            for r in 0..rows {
+                span(s, io, r * sh.c + c0, c1 - c0, &pp, 0, stream);
+            }
+        }
         Kind::Planes => {
             for n in 0..sh.n {
                 for c in c0..c1 {
                     let j = c - c0;
                     let m = p.mean.map_or(0.0, |m| m[j]);
-                    let sc = p.scale[j];
                     let t = p.shift.map_or(0.0, |t| t[j]);
-                    plane_normalize(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, (m, sc, t));
+                    let u = Uniform::new(s, (m, p.scale[j], t));
+                    span(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, &u, 0, stream);
                 }
             }
         }
         Kind::Blocked(b) => {
+            let blocks = sh.c.div_ceil(b);
+            let plane = sh.spatial * b;
             for cb in c0 / b..c1.div_ceil(b) {
-                let j0 = cb * b - c0;
-                let valid = (c1 - cb * b).min(b);
-                let r = j0..j0 + valid;
+                let r = cb * b - c0..(cb * b + b).min(c1) - c0;
                 let bp = Params {
                     mean: p.mean.map(|q| &q[r.clone()]),
                     scale: &p.scale[r.clone()],
                     shift: p.shift.map(|q| &q[r.clone()]),
                 };
-                rows_normalize(s, io, &block_rows(desc, b, cb), valid, &bp);
+                let pp = Periodic::<PBUF_BLOCK>::new(s, &bp, b);
+                for n in 0..sh.n {
+                    span(s, io, (n * blocks + cb) * plane, plane, &pp, 0, stream);
+                }
             }
         }
     }

@@ -1,13 +1,14 @@
 #![forbid(unsafe_code)]
 //! Per-channel statistics in one read pass.
 //!
-//! Each channel (or each lane of channels) keeps `(k0, m, M2)` and an exact integer count: the mean is
-//! `k0 + m`, where the shift `k0` is the channel's first value, so that `m` stays of the order of σ and is
-//! held with full relative precision even when |mean| ≫ σ. Values are consumed in short blocks; a block's
-//! values are summed as `s1 = Σ(x − K)` and `s2 = Σ(x − K)²` around `K = k0 + m` (the running mean, so
-//! `x − K` is small and, at large offsets, exact by Sterbenz' lemma), and the block is merged into the
-//! running state with Chan's formula. There is no `E[x²] − E[x]²`, no second pass and no division per
-//! element; the merge factors come from integer counts.
+//! Each channel (or each lane of channels) keeps a shift `k0` and `(m, M2)` relative to it, with an exact
+//! integer count: the mean is `k0 + m`. The shift is the mean of the channel's first block, so `m` stays
+//! of the order of σ and is held with full relative precision even when |mean| ≫ σ. Values are consumed
+//! in short blocks: a block's values are summed as `s1 = Σ(x − K)` and `s2 = Σ(x − K)²` around `K = k0 + m`
+//! (the running mean, so `x − K` is small and, at large offsets, exact by Sterbenz' lemma), and merged
+//! with Chan's formula into a chunk, and chunks into the total — a fixed two-level tree. There is no
+//! `E[x²] − E[x]²`, no second pass over the data and no division per element; merge factors come from
+//! integer counts.
 
 use super::{GROUP, Rows, TILE};
 use crate::arch::Simd;
@@ -17,26 +18,110 @@ use crate::arch::scalar::Scalar;
 /// rows before a merge. It bounds the cancellation in a block's `s2 − s1²/b` as well as the merge cost.
 pub(crate) const ROW_BLOCK: usize = 32;
 
-/// Vectors per block when reducing an NCHW plane.
-const PLANE_BLOCK_VECTORS: usize = 64;
-
 /// Blocks merged into a chunk before the chunk is merged into the total: a two-level tree, so rounding
 /// grows with √(blocks per chunk) + √(chunks) instead of √(blocks).
 pub(crate) const CHUNK_BLOCKS: usize = 64;
 
+/// `M2 / count`, with the division done in f64 from the exact integer count. A rounding-negative `M2`
+/// (possible only within a few ulps of 0) gives 0; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn variance(m2: f32, count: usize) -> f32 {
+    let m2 = if m2 < 0.0 { 0.0 } else { m2 };
+    (m2 as f64 / count as f64) as f32
+}
+
+/// Chan's merge factors for adding `b` values to `n_old`: `b / n` and `n_old · b / n`.
+#[inline(always)]
+fn merge_factors(n_old: usize, b: usize) -> (f32, f32) {
+    let n_new = n_old as f64 + b as f64;
+    ((b as f64 / n_new) as f32, (n_old as f64 * b as f64 / n_new) as f32)
+}
+
+/// Merges a block of `b` values per lane, given as sums `s1 = Σ(x − k)`, `s2 = Σ(x − k)²`, into the running
+/// `(m, m2)` (mean relative to `k0`, and M2) of `n_old` values. Returns the new `(m, m2)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn merge<S: Simd>(
+    s: S,
+    k: S::V,
+    k0: S::V,
+    m: S::V,
+    m2: S::V,
+    s1: S::V,
+    s2: S::V,
+    b: usize,
+    n_old: usize,
+) -> (S::V, S::V) {
+    // `b` is a block length (at most a few thousand): exact in f32.
+    let mb_rel = s.div(s1, s.splat(b as f32));
+    let m2b = s.sub(s2, s.mul(s1, mb_rel));
+    let delta = s.sub(s.add(s.sub(k, k0), mb_rel), m);
+    let (f1, f2) = merge_factors(n_old, b);
+    let m_new = s.mul_add(delta, s.splat(f1), m);
+    let m2_new = s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(m2, m2b));
+    (m_new, m2_new)
+}
+
+/// Chan's merge of two `(m, M2, count)` states relative to the same shift; returns `(m, M2)`.
+#[inline(always)]
+fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
+    let delta = s.sub(b.0, a.0);
+    let (f1, f2) = merge_factors(a.2, b.2);
+    (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(a.1, b.1)))
+}
+
+/// Finished statistics of one channel (or lane): mean `k0 + m`, `M2`, count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Summary {
+    pub k0: f32,
+    pub m: f32,
+    pub m2: f32,
+    pub count: usize,
+}
+
+impl Summary {
+    pub(crate) const EMPTY: Summary = Summary { k0: 0.0, m: 0.0, m2: 0.0, count: 0 };
+
+    /// Chan's merge of two summaries with different shifts (the result keeps `self`'s).
+    #[inline(always)]
+    pub(crate) fn merge(self, b: Summary) -> Summary {
+        if self.count == 0 {
+            return b;
+        }
+        if b.count == 0 {
+            return self;
+        }
+        // Both shifts are values near the mean: their difference is exact or nearly so.
+        let delta = (b.k0 - self.k0) + (b.m - self.m);
+        let (f1, f2) = merge_factors(self.count, b.count);
+        Summary {
+            k0: self.k0,
+            m: self.m + delta * f1,
+            m2: self.m2 + b.m2 + delta * delta * f2,
+            count: self.count + b.count,
+        }
+    }
+
+    /// `(mean, population variance)`.
+    #[inline(always)]
+    pub(crate) fn finish(self) -> (f32, f32) {
+        (self.k0 + self.m, variance(self.m2, self.count))
+    }
+}
+
 /// Running statistics of up to [`GROUP`] channels that share one count: the shift `k0`, and two levels
 /// of `(m, M2)` relative to it — the current chunk and the total of the finished chunks.
 pub(crate) struct GroupStats {
-    pub k0: [f32; GROUP],
-    pub cm: [f32; GROUP],
-    pub cm2: [f32; GROUP],
-    pub tm: [f32; GROUP],
-    pub tm2: [f32; GROUP],
+    k0: [f32; GROUP],
+    cm: [f32; GROUP],
+    cm2: [f32; GROUP],
+    tm: [f32; GROUP],
+    tm2: [f32; GROUP],
     /// Values per channel in the current chunk, and blocks in it.
-    pub ccount: usize,
-    pub cblocks: usize,
+    ccount: usize,
+    cblocks: usize,
     /// Values per channel in the total.
-    pub tcount: usize,
+    tcount: usize,
 }
 
 impl GroupStats {
@@ -77,72 +162,23 @@ impl GroupStats {
         self.cblocks = 0;
     }
 
-    /// Writes the first `mean.len()` channels' mean and population variance.
+    /// The finished statistics of lanes `0..width` (flushing the current chunk); `lane(j)` reads them.
     #[inline(always)]
-    pub(crate) fn finish<S: Simd>(&mut self, s: S, mean: &mut [f32], var: &mut [f32]) {
-        self.flush(s, mean.len());
-        for (j, (mu, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
-            *mu = self.k0[j] + self.tm[j];
-            *v = variance(self.tm2[j], self.tcount);
-        }
+    pub(crate) fn close<S: Simd>(&mut self, s: S, width: usize) {
+        self.flush(s, width);
+    }
+
+    /// Lane `j` of a closed group.
+    #[inline(always)]
+    pub(crate) fn lane(&self, j: usize) -> Summary {
+        Summary { k0: self.k0[j], m: self.tm[j], m2: self.tm2[j], count: self.tcount }
     }
 }
 
-/// Chan's merge of two `(m, M2, count)` states relative to the same shift; returns `(m, M2)`.
-#[inline(always)]
-fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
-    let delta = s.sub(b.0, a.0);
-    let (f1, f2) = merge_factors(a.2, b.2);
-    (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(a.1, b.1)))
-}
-
-/// `M2 / count`, with the division done in f64 from the exact integer count. A rounding-negative `M2`
-/// (possible only within a few ulps of 0) gives 0; NaN stays NaN.
-#[inline(always)]
-pub(crate) fn variance(m2: f32, count: usize) -> f32 {
-    let m2 = if m2 < 0.0 { 0.0 } else { m2 };
-    (m2 as f64 / count as f64) as f32
-}
-
-/// Chan's merge factors for adding a block of `b` values to `n_old`: `b / n` and `n_old · b / n`.
-#[inline(always)]
-fn merge_factors(n_old: usize, b: usize) -> (f32, f32) {
-    let n_new = n_old as f64 + b as f64;
-    ((b as f64 / n_new) as f32, (n_old as f64 * b as f64 / n_new) as f32)
-}
-
-/// Merges a block of `b` values per lane, given as sums `s1 = Σ(x − k)`, `s2 = Σ(x − k)²`, into the running
-/// `(m, m2)` (mean relative to `k0`, and M2) of `n_old` values. Returns the new `(m, m2)`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(crate) fn merge<S: Simd>(
-    s: S,
-    k: S::V,
-    k0: S::V,
-    m: S::V,
-    m2: S::V,
-    s1: S::V,
-    s2: S::V,
-    b: usize,
-    n_old: usize,
-) -> (S::V, S::V) {
-    // `b` is a block length (at most a few thousand): exact in f32.
-    let mb_rel = s.div(s1, s.splat(b as f32));
-    let m2b = s.sub(s2, s.mul(s1, mb_rel));
-    let delta = s.sub(s.add(s.sub(k, k0), mb_rel), m);
-    let (f1, f2) = merge_factors(n_old, b);
-    let m_new = s.mul_add(delta, s.splat(f1), m);
-    let m2_new = s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(m2, m2b));
-    (m_new, m2_new)
-}
-
-/// Accumulates the rows of `rows` (channels `0..rows.width` of the group) into `st`.
+/// Accumulates the rows of `rows` (lanes `0..rows.width`) into `st`.
 #[inline(always)]
 pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut GroupStats) {
     let w = rows.width;
-    if rows.outer == 0 || rows.inner == 0 {
-        return;
-    }
     let l = S::LANES;
     let mut cursor = (0, 0);
     let mut offs = [0usize; ROW_BLOCK];
@@ -156,8 +192,7 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
             // The shift: the first block's mean, from sums around the first row (one extra read of
             // the first block, from L1). Every later block is summed around the running mean, so no
             // block's `s2 − s1²/b` cancels much, whatever the offset or the first value.
-            let first = &x[rows.base..rows.base + w];
-            st.k0[..w].copy_from_slice(first);
+            st.k0[..w].copy_from_slice(&x[offs[0]..offs[0] + w]);
             let mut col = 0;
             while col < w {
                 shift_vector(s, x, offs, col, (w - col).min(l), st);
@@ -166,11 +201,12 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
         }
         let mut col = 0;
         while col + TILE * l <= w {
-            moments_tile::<S, TILE>(s, x, offs, col, l, st);
+            moments_tile::<S, TILE, 1>(s, x, offs, col, l, st);
             col += TILE * l;
         }
         while col < w {
-            moments_tile::<S, 1>(s, x, offs, col, (w - col).min(l), st);
+            // A lone vector: four accumulators over alternating rows hide the add latency.
+            moments_tile::<S, 1, 4>(s, x, offs, col, (w - col).min(l), st);
             col += l;
         }
         st.ccount += b;
@@ -181,7 +217,7 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
     }
 }
 
-/// Replaces `k0` of channels `col..col + n` (from the first row) by the mean of the block's rows.
+/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the block's rows.
 #[inline(always)]
 fn shift_vector<S: Simd>(s: S, x: &[f32], offs: &[usize], col: usize, n: usize, st: &mut GroupStats) {
     let l = S::LANES;
@@ -195,9 +231,10 @@ fn shift_vector<S: Simd>(s: S, x: &[f32], offs: &[usize], col: usize, n: usize, 
     s.store(&mut st.k0[col..], s.add(k, s.div(s1, s.splat(offs.len() as f32))));
 }
 
-/// One register tile of `T` vectors at column `col`; the last vector has `last` valid lanes.
+/// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
+/// turn); the last vector has `last` valid lanes.
 #[inline(always)]
-fn moments_tile<S: Simd, const T: usize>(
+fn moments_tile<S: Simd, const T: usize, const U: usize>(
     s: S,
     x: &[f32],
     offs: &[usize],
@@ -218,9 +255,9 @@ fn moments_tile<S: Simd, const T: usize>(
         m[j] = s.load(&st.cm[c..]);
         k[j] = s.add(k0[j], s.load(&running[c..]));
     }
-    let mut s1 = [zero; T];
-    let mut s2 = [zero; T];
-    for &off in offs {
+    let mut s1 = [[zero; U]; T];
+    let mut s2 = [[zero; U]; T];
+    let mut add_row = |u: usize, off: usize| {
         for j in 0..T {
             let at = off + col + j * l;
             let v = if j + 1 == T && last < l {
@@ -230,28 +267,206 @@ fn moments_tile<S: Simd, const T: usize>(
                 s.load(&x[at..])
             };
             let d = s.sub(v, k[j]);
-            s1[j] = s.add(s1[j], d);
-            s2[j] = s.mul_add(d, d, s2[j]);
+            s1[j][u] = s.add(s1[j][u], d);
+            s2[j][u] = s.mul_add(d, d, s2[j][u]);
         }
+    };
+    let mut groups = offs.chunks_exact(U);
+    for rows in &mut groups {
+        for (u, &off) in rows.iter().enumerate() {
+            add_row(u, off);
+        }
+    }
+    for (u, &off) in groups.remainder().iter().enumerate() {
+        add_row(u, off);
     }
     let n_old = st.ccount;
     for j in 0..T {
+        let (a1, a2) = (sum_tree(s, &s1[j]), sum_tree(s, &s2[j]));
         let c = col + j * l;
         let m2 = s.load(&st.cm2[c..]);
-        let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, s1[j], s2[j], offs.len(), n_old);
+        let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, a1, a2, offs.len(), n_old);
         s.store(&mut st.cm[c..], mn);
         s.store(&mut st.cm2[c..], m2n);
     }
 }
 
-/// Shifted sums `(Σ(x − k), Σ(x − k)²)` of one stretch of a plane, with four accumulators per sum.
+/// Adds 1, 2 or 4 accumulators in a fixed tree.
 #[inline(always)]
-fn plane_sums<S: Simd>(s: S, p: &[f32], k: f32) -> (f32, f32) {
+fn sum_tree<S: Simd, const U: usize>(s: S, a: &[S::V; U]) -> S::V {
+    match U {
+        1 => a[0],
+        2 => s.add(a[0], a[1]),
+        _ => {
+            let mut t = s.add(a[0], a[1]);
+            let mut i = 2;
+            while i + 1 < U {
+                t = s.add(t, s.add(a[i], a[i + 1]));
+                i += 2;
+            }
+            t
+        }
+    }
+}
+
+/// Statistics of rows of `width` contiguous channels (`rows.inner_stride == width`) whose first `valid`
+/// lanes are real, written to `mean`/`var` (`valid` long).
+///
+/// When `width` divides the vector width, consecutive rows are packed into full vectors (lane `i` holds
+/// channel `i % width`), the rows that do not fill a vector are accumulated apart, and the lanes of each
+/// channel are merged at the end: narrow blocks use every lane.
+#[inline(always)]
+pub(crate) fn contiguous_moments<S: Simd>(
+    s: S,
+    x: &[f32],
+    rows: &Rows,
+    valid: usize,
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
     let l = S::LANES;
-    let kv = s.splat(k);
-    let zero = s.splat(0.0);
-    let mut a1 = [zero; 4];
-    let mut a2 = [zero; 4];
+    let w = rows.width;
+    let mut st = GroupStats::new();
+    if w >= l || l % w != 0 || rows.inner_stride != w {
+        rows_moments(s, x, rows, &mut st);
+        st.close(s, w);
+        for j in 0..valid {
+            (mean[j], var[j]) = st.lane(j).finish();
+        }
+        return;
+    }
+    let per = l / w; // rows per packed vector
+    let full = rows.inner / per;
+    let packed = Rows { inner: full, inner_stride: l, width: l, ..*rows };
+    if full > 0 {
+        rows_moments(s, x, &packed, &mut st);
+        st.close(s, l);
+    }
+    let mut tail = GroupStats::new();
+    let tail_rows = Rows { base: rows.base + full * l, inner: rows.inner - full * per, ..*rows };
+    if tail_rows.inner > 0 {
+        rows_moments(s, x, &tail_rows, &mut tail);
+        tail.close(s, w);
+    }
+    for j in 0..valid {
+        // A fixed tree over the lanes of channel j, then the leftover rows.
+        let mut lanes = [Summary::EMPTY; 16];
+        let n = if full > 0 { per } else { 0 };
+        for (q, lane) in lanes.iter_mut().enumerate().take(n) {
+            *lane = st.lane(q * w + j);
+        }
+        let mut width = n;
+        while width > 1 {
+            for q in 0..width / 2 {
+                lanes[q] = lanes[2 * q].merge(lanes[2 * q + 1]);
+            }
+            width /= 2;
+        }
+        let total = if tail_rows.inner > 0 { lanes[0].merge(tail.lane(j)) } else { lanes[0] };
+        (mean[j], var[j]) = total.finish();
+    }
+}
+
+/// Statistics of one NCHW channel, fed plane by plane: blocks of about `64·LANES` values span planes,
+/// so small planes (7×7) share one horizontal reduction and merge.
+pub(crate) struct PlaneStats<S: Simd> {
+    k0: f32,
+    chunk: (f32, f32, usize),
+    cblocks: usize,
+    total: (f32, f32, usize),
+    /// The current block: shift, four accumulators per sum, and values in it.
+    k: f32,
+    kv: S::V,
+    a1: [S::V; 4],
+    a2: [S::V; 4],
+    pending: usize,
+}
+
+impl<S: Simd> PlaneStats<S> {
+    /// Values per block.
+    const BLOCK: usize = 64 * if S::LANES < 4 { 4 } else { S::LANES };
+
+    /// Empty statistics whose shift is the mean of `first`'s opening block.
+    #[inline(always)]
+    pub(crate) fn new(s: S, first: &[f32]) -> Self {
+        let zero = s.splat(0.0);
+        let head = &first[..first.len().min(Self::BLOCK)];
+        let k = head.first().copied().unwrap_or(0.0);
+        let (s1, _) = plane_sums(s, head, k);
+        let k0 = k + s1 / head.len().max(1) as f32;
+        PlaneStats {
+            k0,
+            chunk: (0.0, 0.0, 0),
+            cblocks: 0,
+            total: (0.0, 0.0, 0),
+            k: k0,
+            kv: s.splat(k0),
+            a1: [zero; 4],
+            a2: [zero; 4],
+            pending: 0,
+        }
+    }
+
+    /// Adds the contiguous values of `plane`.
+    #[inline(always)]
+    pub(crate) fn add_plane(&mut self, s: S, plane: &[f32]) {
+        let mut rest = plane;
+        while !rest.is_empty() {
+            let take = rest.len().min(Self::BLOCK - self.pending);
+            accumulate(s, &rest[..take], self.kv, &mut self.a1, &mut self.a2);
+            self.pending += take;
+            rest = &rest[take..];
+            if self.pending == Self::BLOCK {
+                self.end_block(s);
+            }
+        }
+    }
+
+    /// Merges the current block into the chunk, and a full chunk into the total.
+    #[inline(always)]
+    fn end_block(&mut self, s: S) {
+        if self.pending == 0 {
+            return;
+        }
+        let zero = s.splat(0.0);
+        let s1 = s.hsum(sum_tree(s, &self.a1));
+        let s2 = s.hsum(sum_tree(s, &self.a2));
+        let (m, m2, n) = self.chunk;
+        let (m, m2) = merge(Scalar, self.k, self.k0, m, m2, s1, s2, self.pending, n);
+        self.chunk = (m, m2, n + self.pending);
+        self.pending = 0;
+        self.a1 = [zero; 4];
+        self.a2 = [zero; 4];
+        self.cblocks += 1;
+        if self.cblocks == CHUNK_BLOCKS {
+            self.flush();
+        }
+        self.k = self.k0 + if self.chunk.2 == 0 { self.total.0 } else { self.chunk.0 };
+        self.kv = s.splat(self.k);
+    }
+
+    fn flush(&mut self) {
+        if self.chunk.2 > 0 {
+            let (m, m2) = merge_state(Scalar, self.total, self.chunk);
+            self.total = (m, m2, self.total.2 + self.chunk.2);
+            self.chunk = (0.0, 0.0, 0);
+            self.cblocks = 0;
+        }
+    }
+
+    /// `(mean, population variance)`.
+    #[inline(always)]
+    pub(crate) fn finish(&mut self, s: S) -> (f32, f32) {
+        self.end_block(s);
+        self.flush();
+        Summary { k0: self.k0, m: self.total.0, m2: self.total.1, count: self.total.2 }.finish()
+    }
+}
+
+/// Adds `Σ(x − k)` and `Σ(x − k)²` of `p` into four accumulators each.
+#[inline(always)]
+fn accumulate<S: Simd>(s: S, p: &[f32], kv: S::V, a1: &mut [S::V; 4], a2: &mut [S::V; 4]) {
+    let l = S::LANES;
     let mut chunks = p.chunks_exact(4 * l);
     for ch in &mut chunks {
         for u in 0..4 {
@@ -269,66 +484,18 @@ fn plane_sums<S: Simd>(s: S, p: &[f32], k: f32) -> (f32, f32) {
     }
     let tail = vecs.remainder();
     if !tail.is_empty() {
-        // Lanes past the plane hold the shift and add exactly 0.
+        // Lanes past the data hold the shift and add exactly 0.
         let d = s.sub(s.load_part(tail, kv), kv);
         a1[3] = s.add(a1[3], d);
         a2[3] = s.mul_add(d, d, a2[3]);
     }
-    let t1 = s.add(s.add(a1[0], a1[1]), s.add(a1[2], a1[3]));
-    let t2 = s.add(s.add(a2[0], a2[1]), s.add(a2[2], a2[3]));
-    (s.hsum(t1), s.hsum(t2))
 }
 
-/// Running statistics of one channel in scalar form, with the same two levels as [`GroupStats`].
-#[derive(Clone, Copy)]
-pub(crate) struct ChannelStats {
-    k0: f32,
-    chunk: (f32, f32, usize),
-    cblocks: usize,
-    total: (f32, f32, usize),
-}
-
-impl ChannelStats {
-    /// Empty statistics whose shift is `first`, a value of the channel.
-    #[inline(always)]
-    pub(crate) fn new(first: f32) -> Self {
-        ChannelStats { k0: first, chunk: (0.0, 0.0, 0), cblocks: 0, total: (0.0, 0.0, 0) }
-    }
-
-    /// Adds the contiguous values of `plane`.
-    #[inline(always)]
-    pub(crate) fn add_plane<S: Simd>(&mut self, s: S, plane: &[f32]) {
-        for block in plane.chunks(PLANE_BLOCK_VECTORS * S::LANES) {
-            if self.total.2 == 0 && self.chunk.2 == 0 {
-                // The shift becomes the first block's mean (see `rows_moments`).
-                let (s1, _) = plane_sums(s, block, self.k0);
-                self.k0 += s1 / block.len() as f32;
-            }
-            let (m, m2, n) = self.chunk;
-            let k = self.k0 + if n == 0 { self.total.0 } else { m };
-            let (s1, s2) = plane_sums(s, block, k);
-            let (m, m2) = merge(Scalar, k, self.k0, m, m2, s1, s2, block.len(), n);
-            self.chunk = (m, m2, n + block.len());
-            self.cblocks += 1;
-            if self.cblocks == CHUNK_BLOCKS {
-                self.flush();
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.chunk.2 > 0 {
-            let (m, m2) = merge_state(Scalar, self.total, self.chunk);
-            self.total = (m, m2, self.total.2 + self.chunk.2);
-            self.chunk = (0.0, 0.0, 0);
-            self.cblocks = 0;
-        }
-    }
-
-    /// `(mean, population variance)`.
-    #[inline(always)]
-    pub(crate) fn finish(&mut self) -> (f32, f32) {
-        self.flush();
-        (self.k0 + self.total.0, variance(self.total.1, self.total.2))
-    }
+/// Shifted sums `(Σ(x − k), Σ(x − k)²)` of `p`.
+#[inline(always)]
+fn plane_sums<S: Simd>(s: S, p: &[f32], k: f32) -> (f32, f32) {
+    let zero = s.splat(0.0);
+    let (mut a1, mut a2) = ([zero; 4], [zero; 4]);
+    accumulate(s, p, s.splat(k), &mut a1, &mut a2);
+    (s.hsum(sum_tree(s, &a1)), s.hsum(sum_tree(s, &a2)))
 }

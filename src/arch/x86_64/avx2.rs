@@ -115,12 +115,6 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
-    fn keep_first(self, v: __m256, n: usize) -> __m256 {
-        let m = self.mask(n);
-        // SAFETY: token proves AVX.
-        unsafe { _mm256_and_ps(v, _mm256_castsi256_ps(m)) }
-    }
-    #[inline(always)]
     fn hsum(self, v: __m256) -> f32 {
         // SAFETY: token proves AVX; SSE is part of x86-64.
         unsafe {
@@ -129,5 +123,26 @@ impl Simd for Avx2 {
             let s = _mm_add_ss(d, _mm_shuffle_ps::<0b01>(d, d));
             _mm_cvtss_f32(s)
         }
+    }
+    #[inline(always)]
+    fn and(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: token proves AVX.
+        unsafe { _mm256_and_ps(a, b) }
+    }
+    #[inline(always)]
+    fn stream(self, s: &mut [f32], v: __m256) {
+        let s = &mut s[..8];
+        if (s.as_ptr() as usize).is_multiple_of(32) {
+            // SAFETY: `s` has 8 writable f32 starting at a 32-byte aligned address (checked), as
+            // `vmovntps` requires; token proves AVX.
+            unsafe { _mm256_stream_ps(s.as_mut_ptr(), v) }
+        } else {
+            self.store(s, v)
+        }
+    }
+    #[inline(always)]
+    fn fence(self) {
+        // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has.
+        unsafe { _mm_sfence() }
     }
 }

@@ -102,11 +102,6 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
-    fn keep_first(self, v: __m512, n: usize) -> __m512 {
-        // SAFETY: token proves AVX-512F.
-        unsafe { _mm512_maskz_mov_ps(kmask(n), v) }
-    }
-    #[inline(always)]
     fn hsum(self, v: __m512) -> f32 {
         // SAFETY: token proves AVX-512F (and with it AVX); SSE is part of x86-64.
         unsafe {
@@ -118,5 +113,26 @@ impl Simd for Avx512 {
             let s = _mm_add_ss(d, _mm_shuffle_ps::<0b01>(d, d));
             _mm_cvtss_f32(s)
         }
+    }
+    #[inline(always)]
+    fn and(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: token proves AVX-512F.
+        unsafe { _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b))) }
+    }
+    #[inline(always)]
+    fn stream(self, s: &mut [f32], v: __m512) {
+        let s = &mut s[..16];
+        if (s.as_ptr() as usize).is_multiple_of(64) {
+            // SAFETY: `s` has 16 writable f32 starting at a 64-byte aligned address (checked), as
+            // `vmovntps` requires; token proves AVX-512F.
+            unsafe { _mm512_stream_ps(s.as_mut_ptr(), v) }
+        } else {
+            self.store(s, v)
+        }
+    }
+    #[inline(always)]
+    fn fence(self) {
+        // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has.
+        unsafe { _mm_sfence() }
     }
 }

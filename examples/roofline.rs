@@ -1,0 +1,287 @@
+//! Roofline report: measures this machine's streaming limit in process (a read pass, and a read+write
+//! pass with non-temporal and with ordinary stores), then times every operation, layout and tier on the
+//! benchmark shapes and prints GB/s and % of the limit. Writes the same as CSV and an SVG chart under
+//! `target/roofline/`.
+//!
+//! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME]`
+//!
+//! GB/s follows `shared/peers/`: 2 × tensor bytes (x read once, y written once) per median call, one
+//! thread, preallocated outputs; `moments` counts the tensor once (it only reads). `--quick` times the
+//! detected tier only, with fewer repetitions (under 30 s).
+
+use bnorm::{__bench, Affine, Isa, Kernels, Layout, Shape, TensorDesc};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+const SHAPES: [(&str, [usize; 4]); 8] = [
+    ("r50-conv1", [32, 64, 112, 112]),
+    ("r50-s2", [32, 256, 56, 56]),
+    ("r50-s3", [32, 512, 28, 28]),
+    ("r50-s5", [32, 2048, 7, 7]),
+    ("b1-56", [1, 64, 56, 56]),
+    ("b1-14", [1, 1024, 14, 14]),
+    ("odd-c23", [4, 23, 13, 13]),
+    ("bn1d", [256, 512, 1, 1]),
+];
+
+const LAYOUTS: [Layout; 5] = [
+    Layout::Nchw,
+    Layout::Nhwc,
+    Layout::Blocked { block: 4 },
+    Layout::Blocked { block: 8 },
+    Layout::Blocked { block: 16 },
+];
+
+const OPS: [&str; 6] = ["moments", "train", "infer", "affine", "train-inplace", "infer-inplace"];
+
+fn layout_name(l: Layout) -> String {
+    match l {
+        Layout::Nchw => "nchw".into(),
+        Layout::Nhwc => "nhwc".into(),
+        Layout::Blocked { block } => format!("nChw{block}c"),
+    }
+}
+
+/// Median seconds of `reps` calls after one warm-up call.
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Best seconds of `reps` calls (the limit, as `stream_limit.c` reports it).
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+struct Limit {
+    read: f64,
+    nt: f64,
+    store: f64,
+}
+
+fn limit(k: &Kernels, x: &[f32], y: &mut [f32], reps: usize) -> Limit {
+    let bytes = x.len() as f64 * 4.0;
+    let mut sink = 0.0;
+    let read = bytes / best(reps, || sink += __bench::read_pass(k, x)) / 1e9;
+    std::hint::black_box(sink);
+    let nt = 2.0 * bytes / best(reps, || __bench::scale_pass(k, x, y, true)) / 1e9;
+    let store = 2.0 * bytes / best(reps, || __bench::scale_pass(k, x, y, false)) / 1e9;
+    Limit { read, nt, store }
+}
+
+struct Row {
+    shape: &'static str,
+    layout: String,
+    op: &'static str,
+    isa: Isa,
+    gbps: f64,
+    limit: f64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let filter = arg("--filter");
+    let isas: Vec<Isa> = match arg("--isa") {
+        Some(n) => {
+            vec![Isa::from_name(&n).filter(|i| i.is_available()).ok_or("unknown or unavailable --isa")?]
+        }
+        None if quick => vec![Isa::detect()],
+        None => Isa::available().collect(),
+    };
+    let best_k = Kernels::detect();
+    println!("bnorm roofline: detected {}, timing {:?}, one thread", best_k.isa(), isas);
+    println!("GB/s = 2 × tensor bytes / median call (moments: 1 ×); limit = best of the in-process passes\n");
+    println!("| shape | layout | op | isa | GB/s | limit GB/s | % of limit |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, [n, c, h, w]) in SHAPES {
+        let shape = Shape::nchw(n, c, h, w);
+        let bytes = shape.count() * c * 4;
+        let reps = match (bytes > 20_000_000, quick) {
+            (true, true) => 3,
+            (true, false) => 10,
+            (false, true) => 15,
+            (false, false) => 60,
+        };
+        let max_len =
+            LAYOUTS.iter().map(|&l| TensorDesc::new(shape, l).map_or(0, |d| d.len())).max().unwrap_or(0);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let x: Vec<f32> = (0..max_len)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (i % c) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let mut y = vec![0.0f32; max_len];
+        let tlen = shape.count() * c;
+        let lim = limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 });
+        println!(
+            "| {name} | limit | read {:.1}, r+w NT {:.1}, r+w store {:.1} | | | | |",
+            lim.read, lim.nt, lim.store
+        );
+        let rw = lim.nt.max(lim.store);
+        let (mut mean, mut var) = (vec![0.0f32; c], vec![1.0f32; c]);
+        let (gamma, beta) = (vec![1.0f32; c], vec![0.0f32; c]);
+        let aff = Affine::new(&gamma, &beta, 1e-5);
+        for layout in LAYOUTS {
+            let desc = TensorDesc::new(shape, layout)?;
+            let len = desc.len();
+            for op in OPS {
+                if quick && op.ends_with("inplace") {
+                    continue;
+                }
+                for &isa in &isas {
+                    let tag = format!("{name}/{}/{op}/{isa}", layout_name(layout));
+                    if filter.as_ref().is_some_and(|f| !tag.contains(f.as_str())) {
+                        continue;
+                    }
+                    let k = Kernels::new(isa).ok_or("tier vanished")?;
+                    let xs = &x[..len];
+                    let t = match op {
+                        "moments" => median(reps, || k.moments(&desc, xs, &mut mean, &mut var).unwrap()),
+                        "train" => median(reps, || {
+                            k.forward_training(&desc, xs, &mut y[..len], &aff, &mut mean, &mut var).unwrap()
+                        }),
+                        "infer" => median(reps, || {
+                            k.forward_inference(&desc, xs, &mut y[..len], &aff, &mean, &var).unwrap()
+                        }),
+                        "affine" => median(reps, || {
+                            k.channel_affine(&desc, xs, &mut y[..len], &gamma, &beta).unwrap()
+                        }),
+                        "train-inplace" => {
+                            y[..len].copy_from_slice(xs);
+                            median(reps, || {
+                                k.forward_training_in_place(&desc, &mut y[..len], &aff, &mut mean, &mut var)
+                                    .unwrap()
+                            })
+                        }
+                        _ => {
+                            y[..len].copy_from_slice(xs);
+                            median(reps, || {
+                                k.forward_inference_in_place(&desc, &mut y[..len], &aff, &mean, &var).unwrap()
+                            })
+                        }
+                    };
+                    let (moved, lim_op) = if op == "moments" { (1.0, lim.read) } else { (2.0, rw) };
+                    let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
+                    println!(
+                        "| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {:.0}% |",
+                        layout_name(layout),
+                        100.0 * gbps / lim_op
+                    );
+                    rows.push(Row { shape: name, layout: layout_name(layout), op, isa, gbps, limit: lim_op });
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all("target/roofline")?;
+    let mut csv = String::from("shape,layout,op,isa,gbps,limit_gbps,pct_of_limit\n");
+    for r in &rows {
+        writeln!(
+            csv,
+            "{},{},{},{},{:.3},{:.3},{:.1}",
+            r.shape,
+            r.layout,
+            r.op,
+            r.isa,
+            r.gbps,
+            r.limit,
+            100.0 * r.gbps / r.limit
+        )?;
+    }
+    std::fs::write("target/roofline/roofline.csv", csv)?;
+    chart(&rows, "target/roofline/roofline.svg")?;
+    println!("\nwrote target/roofline/roofline.csv and target/roofline/roofline.svg");
+    Ok(())
+}
+
+/// One panel per operation: % of the limit for every shape × layout, one series per tier, and the limit
+/// as the 100 % line.
+fn chart(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let ops: Vec<&str> = OPS.iter().copied().filter(|op| rows.iter().any(|r| r.op == *op)).collect();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (1400, 360 * ops.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((ops.len(), 1));
+    let palette =
+        [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+    for (panel, op) in panels.iter().zip(&ops) {
+        let cats: Vec<String> = rows
+            .iter()
+            .filter(|r| r.op == *op)
+            .map(|r| format!("{}/{}", r.shape, r.layout))
+            .fold(Vec::new(), |mut v, s| {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+                v
+            });
+        let top = rows.iter().filter(|r| r.op == *op).map(|r| 100.0 * r.gbps / r.limit).fold(110.0, f64::max);
+        let mut ch = ChartBuilder::on(panel)
+            .caption(format!("{op}: % of the streaming limit (one thread)"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(110)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5f64..cats.len() as f64 - 0.5, 0f64..top * 1.05)?;
+        ch.configure_mesh()
+            .x_labels(cats.len())
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 {
+                    cats.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_style(("sans-serif", 10).into_font().transform(FontTransform::Rotate90))
+            .y_desc("% of limit")
+            .draw()?;
+        ch.draw_series(LineSeries::new(
+            [(-0.5, 100.0), (cats.len() as f64 - 0.5, 100.0)],
+            BLACK.stroke_width(2),
+        ))?
+        .label("limit")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        for (i, isa) in Isa::ALL.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.op == *op && r.isa == *isa)
+                .filter_map(|r| {
+                    let key = format!("{}/{}", r.shape, r.layout);
+                    cats.iter().position(|c| *c == key).map(|x| (x as f64, 100.0 * r.gbps / r.limit))
+                })
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let col = palette[i % palette.len()];
+            ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, col.filled())))?
+                .label(isa.name())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 4, col.filled()));
+        }
+        ch.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
