@@ -37,7 +37,12 @@ pub(crate) fn fill_scale<S: Simd>(
     let mut at = 0;
     while at < var.len() {
         let v = s.add(load_clamped(s, var, at, one), e);
-        let g = gamma.map_or(one, |g| load_clamped(s, g, at, one));
+        // (No closures around vector code: a closure is a separate function, compiled without the
+        // tier's target features.)
+        let g = match gamma {
+            Some(g) => load_clamped(s, g, at, one),
+            None => one,
+        };
         // `at < var.len() ≤ GROUP` and GROUP is a multiple of LANES: the store is in bounds.
         s.store(&mut out[at..], s.mul(g, s.inv_sqrt_or_zero(v)));
         at += S::LANES;

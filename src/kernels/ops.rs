@@ -112,10 +112,7 @@ fn kind(desc: &TensorDesc) -> Kind {
         Layout::Nchw if desc.shape().spatial == 1 => Kind::Channels,
         // One position per block plane: the memory is N rows of the padded channels, and the rows
         // kernels handle it (with the padding lanes as channels whose results are dropped or zeroed).
-        Layout::Blocked { block } if desc.shape().spatial == 1 && desc.shape().c <= GROUP => {
-            let _ = block;
-            Kind::Channels
-        }
+        Layout::Blocked { .. } if desc.shape().spatial == 1 => Kind::Channels,
         Layout::Nchw => Kind::Planes,
         Layout::Blocked { block } => Kind::Blocked(block),
     }
@@ -139,10 +136,10 @@ fn chunks(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)>
 fn train_chunk(desc: &TensorDesc) -> usize {
     let per_channel = desc.shape().count().saturating_mul(4).max(1);
     let fit = TRAIN_CHUNK_BYTES / per_channel;
-    match (kind(desc), desc.layout()) {
-        // Blocked rows carry padding: they are only ever processed whole.
-        (Kind::Channels, Layout::Blocked { .. }) => desc.shape().c,
-        (Kind::Channels, _) => fit.max(16),
+    match kind(desc) {
+        // Channel chunks of channels-last rows would be strided reads of a few lines per row: process
+        // whole rows (groups of GROUP channels) instead, re-reading x from the outer caches.
+        Kind::Channels => GROUP,
         _ => fit.max(1),
     }
 }
@@ -184,13 +181,19 @@ fn row_len(desc: &TensorDesc) -> usize {
     }
 }
 
-/// Rows of channels `c0..c1` of a channels-kind tensor; the whole rows (padding included) when the range
-/// covers every channel.
+/// Values of channels `c0..c1` in each row of a channels-kind tensor: the range, and for the last range
+/// the padding after it.
+#[inline(always)]
+fn row_width(desc: &TensorDesc, c0: usize, c1: usize) -> usize {
+    if c1 == desc.shape().c { row_len(desc) - c0 } else { c1 - c0 }
+}
+
+/// Rows of channels `c0..c1` of a channels-kind tensor (with any padding after the last channel).
 #[inline(always)]
 fn channel_rows(desc: &TensorDesc, c0: usize, c1: usize) -> Rows {
     let sh = desc.shape();
     let stride = row_len(desc);
-    let width = if c0 == 0 && c1 == sh.c { stride } else { c1 - c0 };
+    let width = row_width(desc, c0, c1);
     Rows { base: c0, outer: 1, inner: sh.n * sh.spatial, outer_stride: 0, inner_stride: stride, width }
 }
 
@@ -223,7 +226,9 @@ fn moments_range<S: Simd>(
 ) {
     let sh = desc.shape();
     match kind(desc) {
-        Kind::Channels => contiguous_moments(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
+        Kind::Channels => {
+            contiguous_moments::<S, GROUP>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var)
+        }
         Kind::Planes => {
             for c in c0..c1 {
                 let first = &x[c * sh.spatial..(c + 1) * sh.spatial];
@@ -239,7 +244,7 @@ fn moments_range<S: Simd>(
             for cb in c0 / b..c1.div_ceil(b) {
                 let (j0, j1) = (cb * b - c0, (cb * b + b).min(c1) - c0);
                 let rows = block_rows(desc, b, cb);
-                contiguous_moments(s, x, &rows, j1 - j0, &mut mean[j0..j1], &mut var[j0..j1]);
+                contiguous_moments::<S, 16>(s, x, &rows, j1 - j0, &mut mean[j0..j1], &mut var[j0..j1]);
             }
         }
     }
@@ -293,9 +298,12 @@ fn normalize_range<S: Simd, I: Io>(
             span(s, io, 0, rows * period, &pp, 0, stream);
         }
         Kind::Channels => {
-            let pp = Periodic::<PBUF>::new(s, p, c1 - c0);
+            // Part of each row (channel groups of a wide tensor), with the padding after the last.
+            let width = row_width(desc, c0, c1);
+            let stride = row_len(desc);
+            let pp = Periodic::<PBUF>::new(s, p, width);
             for r in 0..rows {
-                span(s, io, r * sh.c + c0, c1 - c0, &pp, 0, stream);
+                span(s, io, r * stride + c0, width, &pp, 0, stream);
             }
         }
         Kind::Planes => {

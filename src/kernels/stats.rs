@@ -10,7 +10,7 @@
 //! `E[x²] − E[x]²`, no second pass over the data and no division per element; merge factors come from
 //! integer counts.
 
-use super::{GROUP, Rows, TILE};
+use super::{Rows, TILE};
 use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
 
@@ -109,14 +109,15 @@ impl Summary {
     }
 }
 
-/// Running statistics of up to [`GROUP`] channels that share one count: the shift `k0`, and two levels
-/// of `(m, M2)` relative to it — the current chunk and the total of the finished chunks.
-pub(crate) struct GroupStats {
-    k0: [f32; GROUP],
-    cm: [f32; GROUP],
-    cm2: [f32; GROUP],
-    tm: [f32; GROUP],
-    tm2: [f32; GROUP],
+/// Running statistics of up to `N` channels that share one count: the shift `k0`, and two levels of
+/// `(m, M2)` relative to it — the current chunk and the total of the finished chunks. `N` is a multiple of
+/// every tier's lane count: [`GROUP`](super::GROUP) for channels-last rows, 16 for one channel block.
+pub(crate) struct GroupStats<const N: usize> {
+    k0: [f32; N],
+    cm: [f32; N],
+    cm2: [f32; N],
+    tm: [f32; N],
+    tm2: [f32; N],
     /// Values per channel in the current chunk, and blocks in it.
     ccount: usize,
     cblocks: usize,
@@ -124,14 +125,14 @@ pub(crate) struct GroupStats {
     tcount: usize,
 }
 
-impl GroupStats {
+impl<const N: usize> GroupStats<N> {
     pub(crate) const fn new() -> Self {
         GroupStats {
-            k0: [0.0; GROUP],
-            cm: [0.0; GROUP],
-            cm2: [0.0; GROUP],
-            tm: [0.0; GROUP],
-            tm2: [0.0; GROUP],
+            k0: [0.0; N],
+            cm: [0.0; N],
+            cm2: [0.0; N],
+            tm: [0.0; N],
+            tm2: [0.0; N],
             ccount: 0,
             cblocks: 0,
             tcount: 0,
@@ -177,7 +178,7 @@ impl GroupStats {
 
 /// Accumulates the rows of `rows` (lanes `0..rows.width`) into `st`.
 #[inline(always)]
-pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut GroupStats) {
+pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows, st: &mut GroupStats<N>) {
     let w = rows.width;
     let l = S::LANES;
     let mut cursor = (0, 0);
@@ -189,24 +190,25 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
         }
         let offs = &offs[..b];
         if st.tcount == 0 && st.ccount == 0 {
-            // The shift: the first block's mean, from sums around the first row (one extra read of
-            // the first block, from L1). Every later block is summed around the running mean, so no
-            // block's `s2 − s1²/b` cancels much, whatever the offset or the first value.
+            // The shift: the mean of the first few rows, from sums around the first row (re-read from
+            // L1). The first block is summed around it and every later block around the running mean,
+            // so no block's `s2 − s1²/b` cancels much, whatever the offset or the first value.
             st.k0[..w].copy_from_slice(&x[offs[0]..offs[0] + w]);
+            let head = &offs[..offs.len().min(SHIFT_ROWS)];
             let mut col = 0;
             while col < w {
-                shift_vector(s, x, offs, col, (w - col).min(l), st);
+                shift_vector(s, x, head, col, (w - col).min(l), st);
                 col += l;
             }
         }
         let mut col = 0;
         while col + TILE * l <= w {
-            moments_tile::<S, TILE, 1>(s, x, offs, col, l, st);
+            moments_tile::<S, TILE, 1, N>(s, x, offs, col, l, st);
             col += TILE * l;
         }
         while col < w {
             // A lone vector: four accumulators over alternating rows hide the add latency.
-            moments_tile::<S, 1, 4>(s, x, offs, col, (w - col).min(l), st);
+            moments_tile::<S, 1, 4, N>(s, x, offs, col, (w - col).min(l), st);
             col += l;
         }
         st.ccount += b;
@@ -217,9 +219,19 @@ pub(crate) fn rows_moments<S: Simd>(s: S, x: &[f32], rows: &Rows, st: &mut Group
     }
 }
 
-/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the block's rows.
+/// Rows (or values) whose mean becomes a channel's shift.
+const SHIFT_ROWS: usize = 4;
+
+/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the rows at `offs`.
 #[inline(always)]
-fn shift_vector<S: Simd>(s: S, x: &[f32], offs: &[usize], col: usize, n: usize, st: &mut GroupStats) {
+fn shift_vector<S: Simd, const N: usize>(
+    s: S,
+    x: &[f32],
+    offs: &[usize],
+    col: usize,
+    n: usize,
+    st: &mut GroupStats<N>,
+) {
     let l = S::LANES;
     let k = s.load(&st.k0[col..]);
     let mut s1 = s.splat(0.0);
@@ -234,13 +246,13 @@ fn shift_vector<S: Simd>(s: S, x: &[f32], offs: &[usize], col: usize, n: usize, 
 /// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
 /// turn); the last vector has `last` valid lanes.
 #[inline(always)]
-fn moments_tile<S: Simd, const T: usize, const U: usize>(
+fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     s: S,
     x: &[f32],
     offs: &[usize],
     col: usize,
     last: usize,
-    st: &mut GroupStats,
+    st: &mut GroupStats<N>,
 ) {
     let l = S::LANES;
     let zero = s.splat(0.0);
@@ -257,28 +269,15 @@ fn moments_tile<S: Simd, const T: usize, const U: usize>(
     }
     let mut s1 = [[zero; U]; T];
     let mut s2 = [[zero; U]; T];
-    let mut add_row = |u: usize, off: usize| {
-        for j in 0..T {
-            let at = off + col + j * l;
-            let v = if j + 1 == T && last < l {
-                // Lanes past the row are filled with the shift, so they add exactly 0.
-                s.load_part(&x[at..at + last], k[j])
-            } else {
-                s.load(&x[at..])
-            };
-            let d = s.sub(v, k[j]);
-            s1[j][u] = s.add(s1[j][u], d);
-            s2[j][u] = s.mul_add(d, d, s2[j][u]);
-        }
-    };
+    // (A helper function, not a closure: a closure would be compiled without the tier's features.)
     let mut groups = offs.chunks_exact(U);
     for rows in &mut groups {
         for (u, &off) in rows.iter().enumerate() {
-            add_row(u, off);
+            add_row::<S, T, U>(s, x, off + col, last, &k, &mut s1, &mut s2, u);
         }
     }
     for (u, &off) in groups.remainder().iter().enumerate() {
-        add_row(u, off);
+        add_row::<S, T, U>(s, x, off + col, last, &k, &mut s1, &mut s2, u);
     }
     let n_old = st.ccount;
     for j in 0..T {
@@ -288,6 +287,34 @@ fn moments_tile<S: Simd, const T: usize, const U: usize>(
         let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, a1, a2, offs.len(), n_old);
         s.store(&mut st.cm[c..], mn);
         s.store(&mut st.cm2[c..], m2n);
+    }
+}
+
+/// Adds the row at `at` (tile of `T` vectors, the last with `last` lanes) into accumulator `u`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_row<S: Simd, const T: usize, const U: usize>(
+    s: S,
+    x: &[f32],
+    at: usize,
+    last: usize,
+    k: &[S::V; T],
+    s1: &mut [[S::V; U]; T],
+    s2: &mut [[S::V; U]; T],
+    u: usize,
+) {
+    let l = S::LANES;
+    for j in 0..T {
+        let a = at + j * l;
+        let v = if j + 1 == T && last < l {
+            // Lanes past the row are filled with the shift, so they add exactly 0.
+            s.load_part(&x[a..a + last], k[j])
+        } else {
+            s.load(&x[a..])
+        };
+        let d = s.sub(v, k[j]);
+        s1[j][u] = s.add(s1[j][u], d);
+        s2[j][u] = s.mul_add(d, d, s2[j][u]);
     }
 }
 
@@ -316,7 +343,7 @@ fn sum_tree<S: Simd, const U: usize>(s: S, a: &[S::V; U]) -> S::V {
 /// channel `i % width`), the rows that do not fill a vector are accumulated apart, and the lanes of each
 /// channel are merged at the end: narrow blocks use every lane.
 #[inline(always)]
-pub(crate) fn contiguous_moments<S: Simd>(
+pub(crate) fn contiguous_moments<S: Simd, const N: usize>(
     s: S,
     x: &[f32],
     rows: &Rows,
@@ -326,7 +353,7 @@ pub(crate) fn contiguous_moments<S: Simd>(
 ) {
     let l = S::LANES;
     let w = rows.width;
-    let mut st = GroupStats::new();
+    let mut st = GroupStats::<N>::new();
     if w >= l || l % w != 0 || rows.inner_stride != w {
         rows_moments(s, x, rows, &mut st);
         st.close(s, w);
@@ -342,7 +369,7 @@ pub(crate) fn contiguous_moments<S: Simd>(
         rows_moments(s, x, &packed, &mut st);
         st.close(s, l);
     }
-    let mut tail = GroupStats::new();
+    let mut tail = GroupStats::<N>::new();
     let tail_rows = Rows { base: rows.base + full * l, inner: rows.inner - full * per, ..*rows };
     if tail_rows.inner > 0 {
         rows_moments(s, x, &tail_rows, &mut tail);
@@ -386,13 +413,13 @@ impl<S: Simd> PlaneStats<S> {
     /// Values per block.
     const BLOCK: usize = 64 * if S::LANES < 4 { 4 } else { S::LANES };
 
-    /// Empty statistics whose shift is the mean of `first`'s opening block.
+    /// Empty statistics whose shift is the mean of the first few values of `first`.
     #[inline(always)]
     pub(crate) fn new(s: S, first: &[f32]) -> Self {
         let zero = s.splat(0.0);
-        let head = &first[..first.len().min(Self::BLOCK)];
+        let head = &first[..first.len().min(4 * SHIFT_ROWS)];
         let k = head.first().copied().unwrap_or(0.0);
-        let (s1, _) = plane_sums(s, head, k);
+        let s1: f32 = head.iter().map(|v| v - k).sum();
         let k0 = k + s1 / head.len().max(1) as f32;
         PlaneStats {
             k0,
@@ -489,13 +516,4 @@ fn accumulate<S: Simd>(s: S, p: &[f32], kv: S::V, a1: &mut [S::V; 4], a2: &mut [
         a1[3] = s.add(a1[3], d);
         a2[3] = s.mul_add(d, d, a2[3]);
     }
-}
-
-/// Shifted sums `(Σ(x − k), Σ(x − k)²)` of `p`.
-#[inline(always)]
-fn plane_sums<S: Simd>(s: S, p: &[f32], k: f32) -> (f32, f32) {
-    let zero = s.splat(0.0);
-    let (mut a1, mut a2) = ([zero; 4], [zero; 4]);
-    accumulate(s, p, s.splat(k), &mut a1, &mut a2);
-    (s.hsum(sum_tree(s, &a1)), s.hsum(sum_tree(s, &a2)))
 }
