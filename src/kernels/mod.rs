@@ -17,6 +17,14 @@ use crate::arch::Simd;
 /// this many f32, so nothing is allocated. A multiple of every tier's lane count.
 pub(crate) const GROUP: usize = 256;
 
+/// The group for channels-last tensors with more than [`GROUP`] channels: whole rows of up to this many
+/// channels in one pass (about 80 KB of stack), so wide rows are not read as strided segments. Targets
+/// with 32-bit pointers (microcontrollers) keep the small group.
+#[cfg(target_pointer_width = "64")]
+pub(crate) const WIDE_GROUP: usize = 2048;
+#[cfg(not(target_pointer_width = "64"))]
+pub(crate) const WIDE_GROUP: usize = GROUP;
+
 /// Vectors processed side by side along a row of channels (register tile).
 pub(crate) const TILE: usize = 4;
 

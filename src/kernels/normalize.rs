@@ -8,7 +8,7 @@
 //! bypass the cache, and a masked tail. Each element is computed by the same operations wherever it falls,
 //! so results do not depend on alignment.
 
-use super::{GROUP, Io, load_clamped};
+use super::{Io, load_clamped};
 use crate::arch::Simd;
 
 /// Per-channel parameters of a channel group, indexed from the group's first channel; each holds the
@@ -22,15 +22,15 @@ pub(crate) struct Params<'a> {
     pub shift: Option<&'a [f32]>,
 }
 
-/// `scale[j] = gamma[j] / √(var[j] + eps)` for `j < var.len() ≤ GROUP` (1/√ correctly rounded, and 0
+/// `scale[j] = gamma[j] / √(var[j] + eps)` for `j < var.len() ≤ G` (1/√ correctly rounded, and 0
 /// where `var + eps == 0`). `gamma: None` means 1.
 #[inline(always)]
-pub(crate) fn fill_scale<S: Simd>(
+pub(crate) fn fill_scale<S: Simd, const G: usize>(
     s: S,
     var: &[f32],
     gamma: Option<&[f32]>,
     eps: f32,
-    out: &mut [f32; GROUP],
+    out: &mut [f32; G],
 ) {
     let one = s.splat(1.0);
     let e = s.splat(eps);
@@ -43,7 +43,7 @@ pub(crate) fn fill_scale<S: Simd>(
             Some(g) => load_clamped(s, g, at, one),
             None => one,
         };
-        // `at < var.len() ≤ GROUP` and GROUP is a multiple of LANES: the store is in bounds.
+        // `at < var.len() ≤ G` and G is a multiple of LANES: the store is in bounds.
         s.store(&mut out[at..], s.mul(g, s.inv_sqrt_or_zero(v)));
         at += S::LANES;
     }
@@ -95,9 +95,7 @@ impl<S: Simd> Phased<S> for Uniform<S::V> {
     }
 }
 
-/// Room for a period of up to GROUP channels plus one vector of the widest tier (16 lanes).
-pub(crate) const PBUF: usize = GROUP + 16;
-/// Room for a period of one channel block (at most 16) plus one vector.
+/// Room for a period of one channel block (at most 16) plus one vector of the widest tier (16 lanes).
 pub(crate) const PBUF_BLOCK: usize = 32;
 
 /// Parameters of `period` channels, repeated so that the `LANES` channels from any phase are one

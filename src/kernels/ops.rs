@@ -8,9 +8,9 @@
 //! data), then the chunk is normalised while its data is still in cache, so x comes from memory once.
 //! Outputs far larger than the cache are written with non-temporal stores.
 
-use super::normalize::{PBUF, PBUF_BLOCK, Params, Periodic, Uniform, fill_scale, span};
+use super::normalize::{PBUF_BLOCK, Params, Periodic, Uniform, fill_scale, span};
 use super::stats::{PlaneStats, contiguous_moments};
-use super::{GROUP, InPlace, Io, Rows, Split};
+use super::{GROUP, InPlace, Io, Rows, Split, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
 
@@ -75,19 +75,65 @@ pub(crate) enum Call<'a> {
 /// compiled inside the tier's entry point (and with its target features).
 #[inline(always)]
 pub(crate) fn run<S: Simd>(s: S, call: Call<'_>) {
+    let wide = |desc: &TensorDesc| matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP;
     match call {
-        Call::Moments { desc, x, mean, var } => {
-            for (c0, c1) in chunks(desc, GROUP) {
-                moments_range(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
-            }
-        }
-        Call::Training { desc, data, gamma, beta, eps, mean, var } => match data {
-            Data::Split(x, y) => training(s, desc, &mut Split { x, y }, gamma, beta, eps, mean, var, true),
-            Data::InPlace(xy) => training(s, desc, &mut InPlace { xy }, gamma, beta, eps, mean, var, false),
+        Call::Moments { desc, x, mean, var } if wide(desc) => moments::<S, WIDE_GROUP>(s, desc, x, mean, var),
+        Call::Moments { desc, x, mean, var } => moments::<S, GROUP>(s, desc, x, mean, var),
+        Call::Training { desc, data, gamma, beta, eps, mean, var } => match (data, wide(desc)) {
+            (Data::Split(x, y), true) => training::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
+                s,
+                desc,
+                &mut Split { x, y },
+                (gamma, beta, eps),
+                mean,
+                var,
+                true,
+            ),
+            (Data::Split(x, y), false) => training::<S, _, GROUP, { GROUP + 16 }>(
+                s,
+                desc,
+                &mut Split { x, y },
+                (gamma, beta, eps),
+                mean,
+                var,
+                true,
+            ),
+            (Data::InPlace(xy), true) => training::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
+                s,
+                desc,
+                &mut InPlace { xy },
+                (gamma, beta, eps),
+                mean,
+                var,
+                false,
+            ),
+            (Data::InPlace(xy), false) => training::<S, _, GROUP, { GROUP + 16 }>(
+                s,
+                desc,
+                &mut InPlace { xy },
+                (gamma, beta, eps),
+                mean,
+                var,
+                false,
+            ),
         },
-        Call::Normalize { desc, data, params } => match data {
-            Data::Split(x, y) => normalize(s, desc, &mut Split { x, y }, params, true),
-            Data::InPlace(xy) => normalize(s, desc, &mut InPlace { xy }, params, false),
+        Call::Normalize { desc, data, params } => match (data, wide(desc)) {
+            (Data::Split(x, y), true) => {
+                normalize::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, &mut Split { x, y }, params, true)
+            }
+            (Data::Split(x, y), false) => {
+                normalize::<S, _, GROUP, { GROUP + 16 }>(s, desc, &mut Split { x, y }, params, true)
+            }
+            (Data::InPlace(xy), true) => normalize::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
+                s,
+                desc,
+                &mut InPlace { xy },
+                params,
+                false,
+            ),
+            (Data::InPlace(xy), false) => {
+                normalize::<S, _, GROUP, { GROUP + 16 }>(s, desc, &mut InPlace { xy }, params, false)
+            }
         },
         Call::ReadPass { x, sum } => *sum = super::limit::read_pass(s, x),
         Call::ScalePass { x, y, stream } => super::limit::scale_pass(s, x, y, stream),
@@ -118,14 +164,14 @@ fn kind(desc: &TensorDesc) -> Kind {
     }
 }
 
-/// Consecutive channel ranges of at most `max` channels (at most GROUP; whole blocks for blocked
+/// Consecutive channel ranges of at most `max` channels (at most `G`; whole blocks for blocked
 /// layouts).
 #[inline(always)]
-fn chunks(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
+fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let c = desc.shape().c;
     let step = match kind(desc) {
-        Kind::Blocked(b) => (max.min(GROUP) / b).max(1) * b,
-        _ => max.clamp(1, GROUP),
+        Kind::Blocked(b) => (max.min(G) / b).max(1) * b,
+        _ => max.clamp(1, G),
     };
     (0..c.div_ceil(step)).map(move |i| (i * step, ((i + 1) * step).min(c)))
 }
@@ -133,38 +179,43 @@ fn chunks(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)>
 /// Channels per training chunk: about TRAIN_CHUNK_BYTES of data, at least one vector's worth of channels
 /// in channels-last memory (narrower strided reads waste bandwidth).
 #[inline(always)]
-fn train_chunk(desc: &TensorDesc) -> usize {
+fn train_chunk<const G: usize>(desc: &TensorDesc) -> usize {
     let per_channel = desc.shape().count().saturating_mul(4).max(1);
     let fit = TRAIN_CHUNK_BYTES / per_channel;
     match kind(desc) {
         // Channel chunks of channels-last rows would be strided reads of a few lines per row: process
-        // whole rows (groups of GROUP channels) instead, re-reading x from the outer caches.
-        Kind::Channels => GROUP,
+        // whole rows (groups of G channels) instead, re-reading x from the outer caches.
+        Kind::Channels => G,
         _ => fit.max(1),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Per-channel statistics of the whole tensor, group by group.
 #[inline(always)]
-fn training<S: Simd, I: Io>(
+fn moments<S: Simd, const G: usize>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+    for (c0, c1) in chunks::<G>(desc, G) {
+        moments_range::<S, G>(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
+    }
+}
+
+#[inline(always)]
+fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f32,
+    (gamma, beta, eps): (Option<&[f32]>, Option<&[f32]>, f32),
     mean: &mut [f32],
     var: &mut [f32],
     out_of_place: bool,
 ) {
     let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
-    let mut scratch = [0.0f32; GROUP];
-    for (c0, c1) in chunks(desc, train_chunk(desc)) {
+    let mut scratch = [0.0f32; G];
+    for (c0, c1) in chunks::<G>(desc, train_chunk::<G>(desc)) {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
-        moments_range(s, desc, io.input(), c0, c1, m, v);
+        moments_range::<S, G>(s, desc, io.input(), c0, c1, m, v);
         fill_scale(s, v, gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
         let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: beta.map(|b| &b[c0..c1]) };
-        normalize_range(s, desc, io, c0, c1, &p, stream);
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream);
     }
     if stream {
         s.fence();
@@ -215,7 +266,7 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
 /// Mean and population variance of channels `c0..c1` (at most GROUP; whole blocks for blocked layouts,
 /// but for the last) into `mean`/`var` (`c1 - c0` long).
 #[inline(always)]
-fn moments_range<S: Simd>(
+fn moments_range<S: Simd, const G: usize>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -226,9 +277,7 @@ fn moments_range<S: Simd>(
 ) {
     let sh = desc.shape();
     match kind(desc) {
-        Kind::Channels => {
-            contiguous_moments::<S, GROUP>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var)
-        }
+        Kind::Channels => contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
         Kind::Planes => {
             for c in c0..c1 {
                 let first = &x[c * sh.spatial..(c + 1) * sh.spatial];
@@ -252,10 +301,16 @@ fn moments_range<S: Simd>(
 
 /// The normalise-affine pass over the whole tensor, channel group by channel group.
 #[inline(always)]
-fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>, out_of_place: bool) {
+fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    src: ParamSrc<'_>,
+    out_of_place: bool,
+) {
     let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
-    let mut scratch = [0.0f32; GROUP];
-    for (c0, c1) in chunks(desc, GROUP) {
+    let mut scratch = [0.0f32; G];
+    for (c0, c1) in chunks::<G>(desc, G) {
         let p = match src {
             ParamSrc::Stats { mean, var, gamma, beta, eps } => {
                 fill_scale(s, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
@@ -269,7 +324,7 @@ fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
             }
         };
-        normalize_range(s, desc, io, c0, c1, &p, stream);
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream);
     }
     if stream {
         s.fence();
@@ -279,7 +334,7 @@ fn normalize<S: Simd, I: Io>(s: S, desc: &TensorDesc, io: &mut I, src: ParamSrc<
 /// Normalises channels `c0..c1` (at most GROUP; whole blocks for blocked layouts but for the last) with
 /// the parameters `p` of those channels.
 #[inline(always)]
-fn normalize_range<S: Simd, I: Io>(
+fn normalize_range<S: Simd, I: Io, const PB: usize>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -294,14 +349,14 @@ fn normalize_range<S: Simd, I: Io>(
         Kind::Channels if c0 == 0 && c1 == sh.c => {
             // Whole rows: the tensor is one span whose channel repeats with the row's period.
             let period = row_len(desc);
-            let pp = Periodic::<PBUF>::new(s, p, period);
+            let pp = Periodic::<PB>::new(s, p, period);
             span(s, io, 0, rows * period, &pp, 0, stream);
         }
         Kind::Channels => {
             // Part of each row (channel groups of a wide tensor), with the padding after the last.
             let width = row_width(desc, c0, c1);
             let stride = row_len(desc);
-            let pp = Periodic::<PBUF>::new(s, p, width);
+            let pp = Periodic::<PB>::new(s, p, width);
             for r in 0..rows {
                 span(s, io, r * stride + c0, width, &pp, 0, stream);
             }
