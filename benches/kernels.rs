@@ -1,2 +1,144 @@
-//! Benchmarks (filled in by the performance work).
-fn main() {}
+//! Criterion benchmarks of every kernel variant: for each benchmark shape × layout × operation, one entry
+//! per available tier plus `naive` (the straightforward code a user would write without this crate).
+//!
+//! Groups are named `{op}/{shape}/{layout}` and entries `{isa}`, so `cargo bench -- train/r50-s2` compares
+//! the tiers on one problem and `cargo bench -- avx512` selects one tier. Throughput counts 2 × tensor
+//! bytes (x read once, y written once; `moments` 1 ×), as `shared/peers/` does. Data starts at odd element
+//! offsets so that alignment does not flatter the results.
+
+use bnorm::{Affine, Isa, Kernels, Layout, Shape, TensorDesc};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use std::time::Duration;
+
+const SHAPES: [(&str, [usize; 4]); 8] = [
+    ("r50-conv1", [32, 64, 112, 112]),
+    ("r50-s2", [32, 256, 56, 56]),
+    ("r50-s3", [32, 512, 28, 28]),
+    ("r50-s5", [32, 2048, 7, 7]),
+    ("b1-56", [1, 64, 56, 56]),
+    ("b1-14", [1, 1024, 14, 14]),
+    ("odd-c23", [4, 23, 13, 13]),
+    ("bn1d", [256, 512, 1, 1]),
+];
+
+const LAYOUTS: [(&str, Layout); 5] = [
+    ("nchw", Layout::Nchw),
+    ("nhwc", Layout::Nhwc),
+    ("nChw4c", Layout::Blocked { block: 4 }),
+    ("nChw8c", Layout::Blocked { block: 8 }),
+    ("nChw16c", Layout::Blocked { block: 16 }),
+];
+
+/// The channel of memory index `i`.
+fn channel_of(d: &TensorDesc, i: usize) -> usize {
+    let Shape { c, spatial, .. } = d.shape();
+    match d.layout() {
+        Layout::Nchw => (i / spatial) % c,
+        Layout::Nhwc => i % c,
+        Layout::Blocked { block } => ((i / (block * spatial)) % c.div_ceil(block)) * block + i % block,
+    }
+}
+
+/// Naive statistics: two passes in memory order with f32 per-channel sums.
+fn naive_moments(d: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+    let c = d.shape().c;
+    let count = d.shape().count() as f32;
+    mean.fill(0.0);
+    var.fill(0.0);
+    for (i, &v) in x.iter().enumerate() {
+        let ch = channel_of(d, i);
+        if ch < c {
+            mean[ch] += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    for (i, &v) in x.iter().enumerate() {
+        let ch = channel_of(d, i);
+        if ch < c {
+            var[ch] += (v - mean[ch]) * (v - mean[ch]);
+        }
+    }
+    var.iter_mut().for_each(|v| *v /= count);
+}
+
+/// Naive normalisation in memory order.
+fn naive_normalize(d: &TensorDesc, x: &[f32], y: &mut [f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32]) {
+    let c = d.shape().c;
+    for (i, (&v, out)) in x.iter().zip(y.iter_mut()).enumerate() {
+        let ch = channel_of(d, i);
+        *out = if ch < c { (v - mean[ch]) / (var[ch] + 1e-5).sqrt() * gamma[ch] + beta[ch] } else { 0.0 };
+    }
+}
+
+fn naive_affine(d: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32]) {
+    let c = d.shape().c;
+    for (i, (&v, out)) in x.iter().zip(y.iter_mut()).enumerate() {
+        let ch = channel_of(d, i);
+        *out = if ch < c { v * scale[ch] + shift[ch] } else { 0.0 };
+    }
+}
+
+fn benches(cr: &mut Criterion) {
+    for (name, [n, c, h, w]) in SHAPES {
+        let shape = Shape::nchw(n, c, h, w);
+        let tensor_bytes = (shape.count() * c * 4) as u64;
+        let max_len = LAYOUTS.iter().map(|&(_, l)| TensorDesc::new(shape, l).unwrap().len()).max().unwrap();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let xbuf: Vec<f32> = (0..max_len + 1)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (i % 13) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let mut ybuf = vec![0.0f32; max_len + 2];
+        let gamma = vec![1.5f32; c];
+        let beta = vec![0.25f32; c];
+        let aff = Affine::new(&gamma, &beta, 1e-5);
+        let (mut mean, mut var) = (vec![0.0f32; c], vec![1.0f32; c]);
+        for (lname, layout) in LAYOUTS {
+            let d = TensorDesc::new(shape, layout).unwrap();
+            let len = d.len();
+            let x = &xbuf[1..1 + len];
+            for op in ["moments", "forward_training", "forward_inference", "channel_affine"] {
+                let mut g = cr.benchmark_group(format!("{op}/{name}/{lname}"));
+                let big = tensor_bytes > 20_000_000;
+                g.sample_size(10)
+                    .warm_up_time(Duration::from_millis(300))
+                    .measurement_time(Duration::from_millis(if big { 2000 } else { 800 }));
+                g.throughput(Throughput::Bytes(if op == "moments" { tensor_bytes } else { 2 * tensor_bytes }));
+                let y = &mut ybuf[2..2 + len];
+                g.bench_function(BenchmarkId::from_parameter("naive"), |b| match op {
+                    "moments" => b.iter(|| naive_moments(&d, x, &mut mean, &mut var)),
+                    "forward_training" => b.iter(|| {
+                        naive_moments(&d, x, &mut mean, &mut var);
+                        naive_normalize(&d, x, y, &mean, &var, &gamma, &beta)
+                    }),
+                    "forward_inference" => b.iter(|| naive_normalize(&d, x, y, &mean, &var, &gamma, &beta)),
+                    _ => b.iter(|| naive_affine(&d, x, y, &gamma, &beta)),
+                });
+                for isa in Isa::available() {
+                    let k = Kernels::new(isa).unwrap();
+                    g.bench_function(BenchmarkId::from_parameter(isa.name()), |b| match op {
+                        "moments" => b.iter(|| k.moments(&d, x, &mut mean, &mut var).unwrap()),
+                        "forward_training" => {
+                            b.iter(|| k.forward_training(&d, x, y, &aff, &mut mean, &mut var).unwrap())
+                        }
+                        "forward_inference" => b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap()),
+                        _ => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
+                    });
+                }
+                g.finish();
+            }
+        }
+    }
+}
+
+/// The benchmark group (criterion's macro generates this function).
+fn kernels() {
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+}
+
+criterion_main!(kernels);
