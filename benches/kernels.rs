@@ -62,7 +62,15 @@ fn naive_moments(d: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
 }
 
 /// Naive normalisation in memory order.
-fn naive_normalize(d: &TensorDesc, x: &[f32], y: &mut [f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32]) {
+fn naive_normalize(
+    d: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) {
     let c = d.shape().c;
     for (i, (&v, out)) in x.iter().zip(y.iter_mut()).enumerate() {
         let ch = channel_of(d, i);
@@ -107,7 +115,11 @@ fn benches(cr: &mut Criterion) {
                 g.sample_size(10)
                     .warm_up_time(Duration::from_millis(300))
                     .measurement_time(Duration::from_millis(if big { 2000 } else { 800 }));
-                g.throughput(Throughput::Bytes(if op == "moments" { tensor_bytes } else { 2 * tensor_bytes }));
+                g.throughput(Throughput::Bytes(if op == "moments" {
+                    tensor_bytes
+                } else {
+                    2 * tensor_bytes
+                }));
                 let y = &mut ybuf[2..2 + len];
                 g.bench_function(BenchmarkId::from_parameter("naive"), |b| match op {
                     "moments" => b.iter(|| naive_moments(&d, x, &mut mean, &mut var)),
@@ -125,7 +137,9 @@ fn benches(cr: &mut Criterion) {
                         "forward_training" => {
                             b.iter(|| k.forward_training(&d, x, y, &aff, &mut mean, &mut var).unwrap())
                         }
-                        "forward_inference" => b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap()),
+                        "forward_inference" => {
+                            b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap())
+                        }
                         _ => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
                     });
                 }

@@ -61,6 +61,10 @@ impl Simd for Scalar {
         a / b
     }
     #[inline(always)]
+    fn min(self, a: f32, b: f32) -> f32 {
+        if a < b { a } else { b }
+    }
+    #[inline(always)]
     fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }

@@ -54,11 +54,14 @@ fn merge<S: Simd>(
 ) -> (S::V, S::V) {
     // `b` is a block length (at most a few thousand): exact in f32.
     let mb_rel = s.div(s1, s.splat(b as f32));
-    let m2b = s.sub(s2, s.mul(s1, mb_rel));
+    // `s1·mb_rel ≤ s2` in exact arithmetic; capping it at f32::MAX keeps an overflowed `s2 = +inf`
+    // (a spread whose squares overflow) an infinite M2 rather than `inf − inf = NaN`.
+    let m2b = s.sub(s2, s.min(s.mul(s1, mb_rel), s.splat(f32::MAX)));
     let delta = s.sub(s.add(s.sub(k, k0), mb_rel), m);
     let (f1, f2) = merge_factors(n_old, b);
     let m_new = s.mul_add(delta, s.splat(f1), m);
-    let m2_new = s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(m2, m2b));
+    // `(delta·f2)·delta`, not `delta²·f2`: a first merge (f2 = 0) then adds 0 even where delta² overflows.
+    let m2_new = s.mul_add(s.mul(delta, s.splat(f2)), delta, s.add(m2, m2b));
     (m_new, m2_new)
 }
 
@@ -67,7 +70,7 @@ fn merge<S: Simd>(
 fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
     let delta = s.sub(b.0, a.0);
     let (f1, f2) = merge_factors(a.2, b.2);
-    (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, delta), s.splat(f2), s.add(a.1, b.1)))
+    (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, s.splat(f2)), delta, s.add(a.1, b.1)))
 }
 
 /// Finished statistics of one channel (or lane): mean `k0 + m`, `M2`, count.
@@ -97,7 +100,7 @@ impl Summary {
         Summary {
             k0: self.k0,
             m: self.m + delta * f1,
-            m2: self.m2 + b.m2 + delta * delta * f2,
+            m2: self.m2 + b.m2 + delta * f2 * delta,
             count: self.count + b.count,
         }
     }
@@ -222,7 +225,8 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
 /// Rows (or values) whose mean becomes a channel's shift.
 const SHIFT_ROWS: usize = 4;
 
-/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the rows at `offs`.
+/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the rows at `offs`, summed
+/// as `Σ(x − k)/len` so that it overflows only where two values differ by more than `f32::MAX`.
 #[inline(always)]
 fn shift_vector<S: Simd, const N: usize>(
     s: S,
@@ -234,13 +238,14 @@ fn shift_vector<S: Simd, const N: usize>(
 ) {
     let l = S::LANES;
     let k = s.load(&st.k0[col..]);
+    let inv = s.splat(1.0 / offs.len() as f32);
     let mut s1 = s.splat(0.0);
     for &off in offs {
         let at = off + col;
         let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
-        s1 = s.add(s1, s.sub(v, k));
+        s1 = s.mul_add(s.sub(v, k), inv, s1);
     }
-    s.store(&mut st.k0[col..], s.add(k, s.div(s1, s.splat(offs.len() as f32))));
+    s.store(&mut st.k0[col..], s.add(k, s1));
 }
 
 /// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
@@ -419,8 +424,8 @@ impl<S: Simd> PlaneStats<S> {
         let zero = s.splat(0.0);
         let head = &first[..first.len().min(4 * SHIFT_ROWS)];
         let k = head.first().copied().unwrap_or(0.0);
-        let s1: f32 = head.iter().map(|v| v - k).sum();
-        let k0 = k + s1 / head.len().max(1) as f32;
+        let inv = 1.0 / head.len().max(1) as f32;
+        let k0 = k + head.iter().map(|v| (v - k) * inv).sum::<f32>();
         PlaneStats {
             k0,
             chunk: (0.0, 0.0, 0),

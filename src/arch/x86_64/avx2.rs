@@ -101,6 +101,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline(always)]
+    fn min(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: token proves AVX.
+        unsafe { _mm256_min_ps(a, b) }
+    }
+    #[inline(always)]
     fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: token proves FMA.
         unsafe { _mm256_fmadd_ps(a, b, c) }
