@@ -114,7 +114,7 @@ fn non_finite_values_stay_in_their_channel() {
     for k in tiers("non_finite_values_stay_in_their_channel") {
         for (i, layout) in LAYOUTS.into_iter().enumerate() {
             for (j, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
-                let shape = Shape::new(3, 21, 37);
+                let shape = if cfg!(miri) { Shape::new(2, 5, 9) } else { Shape::new(3, 21, 37) };
                 let clean = gen_case(i as u64 * 7 + j as u64, shape, layout, 10.0);
                 let mut dirty = clean.clone();
                 let bad_c = (i + 3 * j) % shape.c;
@@ -232,14 +232,15 @@ fn subnormal_and_huge_values() {
 fn deterministic_and_alignment_independent() {
     for k in tiers("deterministic_and_alignment_independent") {
         for layout in LAYOUTS {
-            let case = gen_case(77, Shape::new(3, 29, 45), layout, 1e3);
+            let shape = if cfg!(miri) { Shape::new(2, 5, 9) } else { Shape::new(3, 29, 45) };
+            let case = gen_case(77, shape, layout, 1e3);
             let (m0, v0, y0) = train(&k, &case);
             let d = TensorDesc::new(case.shape, layout).unwrap();
             let aff = Affine { gamma: case.gamma.as_deref(), beta: case.beta.as_deref(), eps: case.eps };
-            for align in 0..17 {
+            for align in 0..if cfg!(miri) { 5 } else { 17 } {
                 let xb = at_offset(&case.x, align, 0.0);
                 let mut yb = vec![0.0; d.len() + 20];
-                let (mut m, mut v) = (vec![0.0; 29], vec![0.0; 29]);
+                let (mut m, mut v) = (vec![0.0; shape.c], vec![0.0; shape.c]);
                 let ya = (align * 7) % 17;
                 k.forward_training(
                     &d,

@@ -203,3 +203,164 @@ fn running_stats_errors_leave_outputs_untouched() {
     assert!(matches!(e, Error::InvalidMomentum { .. }));
     assert!(untouched(&rm) && untouched(&rv));
 }
+
+mod random_arguments {
+    //! Every public function driven with random sizes and parameters, right and wrong: a call is `Ok`
+    //! exactly when an independent reading of the rules says the arguments are valid, an `Err` leaves
+    //! every output untouched, and nothing panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn layout() -> impl Strategy<Value = Layout> {
+        prop_oneof![
+            Just(Layout::Nchw),
+            Just(Layout::Nhwc),
+            prop::sample::select(vec![0usize, 1, 2, 3, 4, 5, 8, 12, 16, 32])
+                .prop_map(|block| Layout::Blocked { block }),
+        ]
+    }
+
+    fn float() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -2.0f32..2.0,
+            1 => prop::sample::select(vec![0.0, -0.0, 1e-5, -1e-5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, 1.5, f32::MAX]),
+        ]
+    }
+
+    /// A length near `want`: usually right, sometimes off by a few.
+    fn near(want: usize, delta: i64) -> usize {
+        (want as i64 + delta).max(0) as usize
+    }
+
+    #[derive(Debug, Clone)]
+    struct Args {
+        n: usize,
+        c: usize,
+        s: usize,
+        layout: Layout,
+        deltas: [i64; 8],
+        eps: f32,
+        var_value: f32,
+        momentum: f32,
+        count: usize,
+    }
+
+    fn args() -> impl Strategy<Value = Args> {
+        let delta = prop_oneof![6 => Just(0i64), 1 => -3i64..=3];
+        (
+            0..4usize,
+            0..20usize,
+            0..9usize,
+            layout(),
+            [
+                delta.clone(),
+                delta.clone(),
+                delta.clone(),
+                delta.clone(),
+                delta.clone(),
+                delta.clone(),
+                delta.clone(),
+                delta,
+            ],
+            float(),
+            float(),
+            float(),
+            0..4usize,
+        )
+            .prop_map(|(n, c, s, layout, deltas, eps, var_value, momentum, count)| Args {
+                n,
+                c,
+                s,
+                layout,
+                deltas,
+                eps,
+                var_value,
+                momentum,
+                count,
+            })
+    }
+
+    fn config() -> ProptestConfig {
+        if cfg!(miri) { ProptestConfig::with_cases(8) } else { ProptestConfig::with_cases(512) }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+        #[test]
+        fn random_arguments_never_panic_and_err_touches_nothing(a in args()) {
+            let shape = Shape::new(a.n, a.c, a.s);
+            let block_ok = match a.layout { Layout::Blocked { block } => matches!(block, 4 | 8 | 16), _ => true };
+            let desc = TensorDesc::new(shape, a.layout);
+            prop_assert_eq!(desc.is_ok(), a.n > 0 && a.c > 0 && a.s > 0 && block_ok);
+            let Ok(d) = desc else { return Ok(()) };
+            let len = common::oracle::len(shape, a.layout);
+            prop_assert_eq!(d.len(), len);
+            let [dx, dy, dm, dv, dg, db, dsc, dsh] = a.deltas;
+            let x = vec![0.5f32; near(len, dx)];
+            let c = a.c;
+            let gamma = vec![1.0f32; near(c, dg)];
+            let beta = vec![0.0f32; near(c, db)];
+            let aff = Affine { gamma: Some(&gamma), beta: Some(&beta), eps: a.eps };
+            let eps_ok = a.eps.is_finite() && a.eps >= 0.0;
+            let aff_ok = gamma.len() == c && beta.len() == c && eps_ok;
+            for isa in Isa::available() {
+                let k = Kernels::new(isa).unwrap();
+                // moments
+                let (mut m, mut v) = (vec![SENTINEL; near(c, dm)], vec![SENTINEL; near(c, dv)]);
+                let ok = x.len() == len && m.len() == c && v.len() == c;
+                let r = k.moments(&d, &x, &mut m, &mut v);
+                prop_assert_eq!(r.is_ok(), ok, "moments {:?}", r);
+                if !ok { prop_assert!(untouched(&m) && untouched(&v)); }
+                // training, out of place and in place
+                let mut y = vec![SENTINEL; near(len, dy)];
+                let (mut m, mut v) = (vec![SENTINEL; near(c, dm)], vec![SENTINEL; near(c, dv)]);
+                let ok = x.len() == len && y.len() == len && m.len() == c && v.len() == c && aff_ok;
+                let r = k.forward_training(&d, &x, &mut y, &aff, &mut m, &mut v);
+                prop_assert_eq!(r.is_ok(), ok, "training {:?}", r);
+                if !ok { prop_assert!(untouched(&y) && untouched(&m) && untouched(&v)); }
+                let mut xy = vec![SENTINEL; near(len, dx)];
+                let (mut m, mut v) = (vec![SENTINEL; near(c, dm)], vec![SENTINEL; near(c, dv)]);
+                let ok = xy.len() == len && m.len() == c && v.len() == c && aff_ok;
+                let r = k.forward_training_in_place(&d, &mut xy, &aff, &mut m, &mut v);
+                prop_assert_eq!(r.is_ok(), ok, "training in place {:?}", r);
+                if !ok { prop_assert!(untouched(&xy) && untouched(&m) && untouched(&v)); }
+                // inference, with one variance of the random value
+                let mean = vec![0.0f32; near(c, dm)];
+                let mut var = vec![1.0f32; near(c, dv)];
+                if let Some(first) = var.first_mut() { *first = a.var_value; }
+                let var_ok = var.iter().all(|v| *v >= 0.0);
+                let mut y = vec![SENTINEL; near(len, dy)];
+                let ok = x.len() == len && y.len() == len && mean.len() == c && var.len() == c && var_ok && aff_ok;
+                let r = k.forward_inference(&d, &x, &mut y, &aff, &mean, &var);
+                prop_assert_eq!(r.is_ok(), ok, "inference {:?}", r);
+                if !ok { prop_assert!(untouched(&y)); }
+                let mut xy = vec![SENTINEL; near(len, dx)];
+                let ok = xy.len() == len && mean.len() == c && var.len() == c && var_ok && aff_ok;
+                let r = k.forward_inference_in_place(&d, &mut xy, &aff, &mean, &var);
+                prop_assert_eq!(r.is_ok(), ok, "inference in place {:?}", r);
+                if !ok { prop_assert!(untouched(&xy)); }
+                // affine
+                let scale = vec![2.0f32; near(c, dsc)];
+                let shift = vec![1.0f32; near(c, dsh)];
+                let mut y = vec![SENTINEL; near(len, dy)];
+                let ok = x.len() == len && y.len() == len && scale.len() == c && shift.len() == c;
+                let r = k.channel_affine(&d, &x, &mut y, &scale, &shift);
+                prop_assert_eq!(r.is_ok(), ok, "affine {:?}", r);
+                if !ok { prop_assert!(untouched(&y)); }
+                let mut xy = vec![SENTINEL; near(len, dx)];
+                let ok = xy.len() == len && scale.len() == c && shift.len() == c;
+                let r = k.channel_affine_in_place(&d, &mut xy, &scale, &shift);
+                prop_assert_eq!(r.is_ok(), ok, "affine in place {:?}", r);
+                if !ok { prop_assert!(untouched(&xy)); }
+            }
+            // running statistics
+            let mut rm = vec![SENTINEL; c];
+            let mut rv = vec![SENTINEL; near(c, dv)];
+            let (mean, var) = (vec![0.0f32; near(c, dm)], vec![1.0f32; near(c, dg)]);
+            let ok = rv.len() == c && mean.len() == c && var.len() == c && a.count >= 2 && (0.0..=1.0).contains(&a.momentum);
+            let r = bnorm::update_running_stats(&mut rm, &mut rv, &mean, &var, a.count, a.momentum);
+            prop_assert_eq!(r.is_ok(), ok, "running stats {:?}", r);
+            if !ok { prop_assert!(untouched(&rm) && untouched(&rv)); }
+        }
+    }
+}

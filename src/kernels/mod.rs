@@ -50,6 +50,57 @@ pub(crate) trait Io {
     }
     /// Stores four consecutive vectors at `at`, non-temporally with `stream`.
     fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool);
+    /// Prefetches the input lines of the next `n` floats of `pf` (see [`Prefetch`]).
+    #[inline(always)]
+    fn prefetch<S: Simd>(&self, s: S, pf: &mut Prefetch, n: usize) {
+        let x = self.input();
+        let mut done = 0;
+        while done < n {
+            match pf.next_line() {
+                Some(i) if i < x.len() => s.prefetch(&x[i..]),
+                _ => return,
+            }
+            done += 16;
+        }
+    }
+}
+
+/// The input lines of the next training chunk, handed out one line (16 floats) at a time while the
+/// current chunk is normalised: the next chunk's reads then overlap this chunk's writes, as in inference.
+/// The chunk is `outer` runs of `len` floats, run `o` starting at `start + o·stride`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prefetch {
+    pub start: usize,
+    pub len: usize,
+    pub stride: usize,
+    pub outer: usize,
+    o: usize,
+    at: usize,
+}
+
+impl Prefetch {
+    pub(crate) fn new(start: usize, len: usize, stride: usize, outer: usize) -> Self {
+        Prefetch { start, len, stride, outer, o: 0, at: 0 }
+    }
+
+    /// Nothing to prefetch.
+    pub(crate) fn none() -> Self {
+        Prefetch::default()
+    }
+
+    #[inline(always)]
+    fn next_line(&mut self) -> Option<usize> {
+        if self.at >= self.len {
+            self.o += 1;
+            self.at = 0;
+        }
+        if self.o >= self.outer || self.len == 0 {
+            return None;
+        }
+        let i = self.start + self.o * self.stride + self.at;
+        self.at += 16;
+        Some(i)
+    }
 }
 
 /// Stores four vectors into `y` (at least `4·LANES` long).

@@ -8,7 +8,7 @@
 //! bypass the cache, and a masked tail. Each element is computed by the same operations wherever it falls,
 //! so results do not depend on alignment.
 
-use super::{Io, load_clamped};
+use super::{Io, Prefetch, load_clamped};
 use crate::arch::Simd;
 
 /// Per-channel parameters of a channel group, indexed from the group's first channel; each holds the
@@ -180,7 +180,9 @@ fn one<S: Simd, I: Io, P: Phased<S>>(s: S, io: &mut I, at: usize, n: usize, p: &
 }
 
 /// Normalises the `len` elements at `at`, the first of which has phase `phase`. With `stream`, the
-/// aligned body is written with non-temporal stores.
+/// aligned body is written with non-temporal stores; `pf` hands out lines to prefetch, as many as are
+/// written.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
     s: S,
@@ -190,11 +192,13 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
     p: &P,
     phase: usize,
     stream: bool,
+    pf: &mut Prefetch,
 ) {
     let l = S::LANES;
     let end = at + len;
     let mut i = at;
     let mut ph = phase;
+    let mut fetched = 0;
     // Head: up to the next output address aligned to the vector size.
     let head = ((l - io.out_phase::<S>(i)) % l).min(len);
     if head > 0 {
@@ -214,6 +218,8 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
             y[u] = p.mask(s, phs[u], s.mul_add(s.sub(x[u], m), sc, sh));
         }
         io.store4(s, i, y, stream);
+        io.prefetch(s, pf, 4 * l);
+        fetched += 4 * l;
         ph = p.next(phs[3]);
         i += 4 * l;
     }
@@ -225,4 +231,5 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
     if i < end {
         one(s, io, i, end - i, p, ph);
     }
+    io.prefetch(s, pf, len - fetched);
 }

@@ -10,13 +10,13 @@
 
 use super::normalize::{PBUF_BLOCK, Params, Periodic, Uniform, fill_scale, span};
 use super::stats::{PlaneStats, contiguous_moments};
-use super::{GROUP, InPlace, Io, Rows, Split, WIDE_GROUP};
+use super::{GROUP, InPlace, Io, Prefetch, Rows, Split, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
 
 /// Training chunks hold about this many bytes of x (when a channel's data allows), so that the
 /// normalise pass re-reads them from the core's L2 cache.
-const TRAIN_CHUNK_BYTES: usize = 1 << 20;
+const TRAIN_CHUNK_BYTES: usize = 1 << 19;
 
 /// Outputs of at least this many bytes are written with non-temporal stores; smaller ones stay in cache
 /// for the next layer.
@@ -190,6 +190,32 @@ fn train_chunk<const G: usize>(desc: &TensorDesc) -> usize {
     }
 }
 
+/// Bytes of input in channels `c0..c1` (whole blocks for blocked layouts).
+#[inline(always)]
+fn chunk_bytes(desc: &TensorDesc, c0: usize, c1: usize) -> usize {
+    let per_channel = desc.shape().count().saturating_mul(4);
+    match kind(desc) {
+        Kind::Blocked(b) => (c1.div_ceil(b) - c0 / b) * b * per_channel,
+        _ => (c1 - c0) * per_channel,
+    }
+}
+
+/// The input of channels `c0..c1` as runs for [`Prefetch`] (none for channels-last rows, which are
+/// never split into training chunks).
+#[inline(always)]
+fn chunk_lines(desc: &TensorDesc, c0: usize, c1: usize) -> Prefetch {
+    let sh = desc.shape();
+    match kind(desc) {
+        Kind::Planes => Prefetch::new(c0 * sh.spatial, (c1 - c0) * sh.spatial, sh.c * sh.spatial, sh.n),
+        Kind::Blocked(b) => {
+            let plane = sh.spatial * b;
+            let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
+            Prefetch::new(cb0 * plane, (cb1 - cb0) * plane, sh.c.div_ceil(b) * plane, sh.n)
+        }
+        Kind::Channels => Prefetch::none(),
+    }
+}
+
 /// Per-channel statistics of the whole tensor, group by group.
 #[inline(always)]
 fn moments<S: Simd, const G: usize>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
@@ -210,12 +236,20 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
 ) {
     let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
     let mut scratch = [0.0f32; G];
-    for (c0, c1) in chunks::<G>(desc, train_chunk::<G>(desc)) {
+    let step = train_chunk::<G>(desc);
+    let mut chunks = chunks::<G>(desc, step).peekable();
+    while let Some((c0, c1)) = chunks.next() {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
         moments_range::<S, G>(s, desc, io.input(), c0, c1, m, v);
         fill_scale(s, v, gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
         let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: beta.map(|b| &b[c0..c1]) };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream);
+        // While this chunk is normalised (its x from cache), the next chunk's x is fetched.
+        // (Only when both chunks fit in L2 together: a larger chunk would evict the one being read.)
+        let mut pf = match chunks.peek() {
+            Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= TRAIN_CHUNK_BYTES => chunk_lines(desc, n0, n1),
+            _ => Prefetch::none(),
+        };
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf);
     }
     if stream {
         s.fence();
@@ -324,7 +358,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
             }
         };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream);
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none());
     }
     if stream {
         s.fence();
@@ -333,6 +367,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
 
 /// Normalises channels `c0..c1` (at most GROUP; whole blocks for blocked layouts but for the last) with
 /// the parameters `p` of those channels.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn normalize_range<S: Simd, I: Io, const PB: usize>(
     s: S,
@@ -342,6 +377,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
     c1: usize,
     p: &Params<'_>,
     stream: bool,
+    pf: &mut Prefetch,
 ) {
     let sh = desc.shape();
     let rows = sh.n * sh.spatial;
@@ -350,7 +386,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
             // Whole rows: the tensor is one span whose channel repeats with the row's period.
             let period = row_len(desc);
             let pp = Periodic::<PB>::new(s, p, period);
-            span(s, io, 0, rows * period, &pp, 0, stream);
+            span(s, io, 0, rows * period, &pp, 0, stream, pf);
         }
         Kind::Channels => {
             // Part of each row (channel groups of a wide tensor), with the padding after the last.
@@ -358,7 +394,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
             let stride = row_len(desc);
             let pp = Periodic::<PB>::new(s, p, width);
             for r in 0..rows {
-                span(s, io, r * stride + c0, width, &pp, 0, stream);
+                span(s, io, r * stride + c0, width, &pp, 0, stream, pf);
             }
         }
         Kind::Planes => {
@@ -368,7 +404,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
                     let m = p.mean.map_or(0.0, |m| m[j]);
                     let t = p.shift.map_or(0.0, |t| t[j]);
                     let u = Uniform::new(s, (m, p.scale[j], t));
-                    span(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, &u, 0, stream);
+                    span(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, &u, 0, stream, pf);
                 }
             }
         }
@@ -384,7 +420,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
                 };
                 let pp = Periodic::<PBUF_BLOCK>::new(s, &bp, b);
                 for n in 0..sh.n {
-                    span(s, io, (n * blocks + cb) * plane, plane, &pp, 0, stream);
+                    span(s, io, (n * blocks + cb) * plane, plane, &pp, 0, stream, pf);
                 }
             }
         }

@@ -1,0 +1,141 @@
+//! Every public operation with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
+//! arbitrary ε, momentum, γ, β and data, on a fuzzer-chosen available tier. Never a panic; an `Err` leaves
+//! every output untouched; an `Ok` on finite, in-range data agrees with the f64 oracle within the
+//! documented tolerances.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod input;
+
+use bnorm::{Affine, Isa, Kernels, TensorDesc};
+use common::{Case, check_affine, check_moments, check_outputs, norm_with, training_norm};
+use input::{decode, fill, near};
+use libfuzzer_sys::fuzz_target;
+
+const SENTINEL: f32 = -7.25;
+
+fn untouched(v: &[f32]) -> bool {
+    v.iter().all(|x| x.to_bits() == SENTINEL.to_bits())
+}
+
+fuzz_target!(|bytes: &[u8]| {
+    let p = decode(bytes);
+    let desc = match TensorDesc::new(p.shape, p.layout) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+    };
+    let isas: Vec<Isa> = Isa::available().collect();
+    let k = Kernels::new(isas[p.isa as usize % isas.len()]).unwrap();
+    let (len, c) = (desc.len(), p.shape.c);
+    let d = p.deltas;
+    let x = fill(&p.data, near(len, d[0]));
+    let gamma = fill(&p.params, near(c, d[3]));
+    let beta = fill(&p.params[3..], near(c, d[4]));
+    let aff = Affine { gamma: Some(&gamma), beta: Some(&beta), eps: p.eps };
+    let lengths_ok = |v: &[usize]| v.iter().all(|&l| l == len);
+    let chans_ok = |v: &[usize]| v.iter().all(|&l| l == c);
+    let aff_ok = chans_ok(&[gamma.len(), beta.len()]) && p.eps.is_finite() && p.eps >= 0.0;
+    // Oracle comparisons need finite data whose squares cannot overflow.
+    let in_range = |v: &[f32]| v.iter().all(|x| x.is_finite() && x.abs() < 1e15);
+    let comparable = p.nice && x.len() == len && in_range(&x) && in_range(&gamma) && in_range(&beta);
+    let case = Case { shape: p.shape, layout: p.layout, x: x.clone(), gamma: Some(gamma.clone()), beta: Some(beta.clone()), eps: p.eps };
+    match p.op % 8 {
+        0 => {
+            let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
+            let ok = lengths_ok(&[x.len()]) && chans_ok(&[m.len(), v.len()]);
+            match k.moments(&desc, &x, &mut m, &mut v) {
+                Err(_) => assert!(!ok && untouched(&m) && untouched(&v)),
+                Ok(()) => {
+                    assert!(ok);
+                    if comparable {
+                        check_moments(&case, &m, &v).unwrap();
+                    }
+                }
+            }
+        }
+        1 | 2 => {
+            let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
+            let mut y = vec![SENTINEL; near(len, d[5])];
+            let in_place = p.op % 8 == 2;
+            let (r, ok) = if in_place {
+                y = x.clone();
+                let ok = lengths_ok(&[y.len()]) && chans_ok(&[m.len(), v.len()]) && aff_ok;
+                (k.forward_training_in_place(&desc, &mut y, &aff, &mut m, &mut v), ok)
+            } else {
+                let ok = lengths_ok(&[x.len(), y.len()]) && chans_ok(&[m.len(), v.len()]) && aff_ok;
+                (k.forward_training(&desc, &x, &mut y, &aff, &mut m, &mut v), ok)
+            };
+            match r {
+                Err(_) => assert!(!ok && untouched(&m) && untouched(&v) && (in_place || untouched(&y))),
+                Ok(()) => {
+                    assert!(ok);
+                    if comparable && p.eps.is_finite() {
+                        check_moments(&case, &m, &v).unwrap();
+                        check_outputs(&case, &y, &training_norm(&case), true).unwrap();
+                    }
+                }
+            }
+        }
+        3 | 4 => {
+            let mean = fill(&p.params[1..], near(c, d[1]));
+            let var: Vec<f32> = fill(&p.params[2..], near(c, d[2])).iter().map(|v| if p.nice { v.abs() } else { *v }).collect();
+            let var_ok = var.iter().all(|v| *v >= 0.0);
+            let in_place = p.op % 8 == 4;
+            let mut y = if in_place { x.clone() } else { vec![SENTINEL; near(len, d[5])] };
+            let before = y.clone();
+            let ok = lengths_ok(&[x.len(), y.len()]) && chans_ok(&[mean.len(), var.len()]) && var_ok && aff_ok;
+            let r = if in_place {
+                k.forward_inference_in_place(&desc, &mut y, &aff, &mean, &var)
+            } else {
+                k.forward_inference(&desc, &x, &mut y, &aff, &mean, &var)
+            };
+            match r {
+                Err(_) => assert!(!ok && y.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits())),
+                Ok(()) => {
+                    assert!(ok);
+                    if comparable && in_range(&mean) && in_range(&var) {
+                        let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect();
+                        check_outputs(&case, &y, &norm_with(&case, to64(&mean), to64(&var)), false).unwrap();
+                    }
+                }
+            }
+        }
+        5 | 6 => {
+            let scale = fill(&p.params[4..], near(c, d[6]));
+            let shift = fill(&p.params[5..], near(c, d[7]));
+            let in_place = p.op % 8 == 6;
+            let mut y = if in_place { x.clone() } else { vec![SENTINEL; near(len, d[5])] };
+            let before = y.clone();
+            let ok = lengths_ok(&[x.len(), y.len()]) && chans_ok(&[scale.len(), shift.len()]);
+            let r = if in_place {
+                k.channel_affine_in_place(&desc, &mut y, &scale, &shift)
+            } else {
+                k.channel_affine(&desc, &x, &mut y, &scale, &shift)
+            };
+            match r {
+                Err(_) => assert!(!ok && y.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits())),
+                Ok(()) => {
+                    assert!(ok);
+                    if comparable && in_range(&scale) && in_range(&shift) {
+                        check_affine(&case, &y, &scale, &shift).unwrap();
+                    }
+                }
+            }
+        }
+        _ => {
+            let mut rm = vec![SENTINEL; c];
+            let mut rv = vec![SENTINEL; near(c, d[2])];
+            let (mean, var) = (fill(&p.params, near(c, d[1])), fill(&p.params[1..], near(c, d[3])));
+            let ok = chans_ok(&[rv.len(), mean.len(), var.len()]) && p.count >= 2 && (0.0..=1.0).contains(&p.momentum);
+            match bnorm::update_running_stats(&mut rm, &mut rv, &mean, &var, p.count, p.momentum) {
+                Err(_) => assert!(!ok && untouched(&rm) && untouched(&rv)),
+                Ok(()) => assert!(ok),
+            }
+        }
+    }
+});
