@@ -112,6 +112,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (name, [n, c, h, w]) in SHAPES {
+        if filter.as_ref().is_some_and(|f| {
+            !LAYOUTS.iter().any(|&l| {
+                OPS.iter().any(|op| format!("{name}/{}/{op}/", layout_name(l)).contains(f.as_str()))
+            }) && !isas.iter().any(|i| f.contains(i.name()))
+        }) {
+            continue;
+        }
         let shape = Shape::nchw(n, c, h, w);
         let bytes = shape.count() * c * 4;
         let reps = match (bytes > 20_000_000, quick) {
@@ -123,15 +130,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let max_len =
             LAYOUTS.iter().map(|&l| TensorDesc::new(shape, l).map_or(0, |d| d.len())).max().unwrap_or(0);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let x: Vec<f32> = (0..max_len)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (i % c) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        let mut y = vec![0.0f32; max_len];
+        // 64-byte aligned buffers, as oneDNN and stream_limit.c use (the benches use odd offsets).
+        let mut xbuf = vec![0.0f32; max_len + 16];
+        let xo = xbuf.as_ptr().align_offset(64);
+        for (i, v) in xbuf[xo..xo + max_len].iter_mut().enumerate() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *v = (i % c) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32;
+        }
+        let x = &xbuf[xo..xo + max_len];
+        let mut ybuf = vec![0.0f32; max_len + 16];
+        let yo = ybuf.as_ptr().align_offset(64);
+        let y = &mut ybuf[yo..yo + max_len];
         let tlen = shape.count() * c;
         let lim = limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 });
         println!(
