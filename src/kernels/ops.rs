@@ -75,68 +75,63 @@ pub(crate) enum Call<'a> {
 /// compiled inside the tier's entry point (and with its target features).
 #[inline(always)]
 pub(crate) fn run<S: Simd>(s: S, call: Call<'_>) {
-    let wide = |desc: &TensorDesc| matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP;
     match call {
         Call::Moments { desc, x, mean, var } if wide(desc) => moments::<S, WIDE_GROUP>(s, desc, x, mean, var),
         Call::Moments { desc, x, mean, var } => moments::<S, GROUP>(s, desc, x, mean, var),
-        Call::Training { desc, data, gamma, beta, eps, mean, var } => match (data, wide(desc)) {
-            (Data::Split(x, y), true) => training::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
-                s,
-                desc,
-                &mut Split { x, y },
-                (gamma, beta, eps),
-                mean,
-                var,
-                true,
-            ),
-            (Data::Split(x, y), false) => training::<S, _, GROUP, { GROUP + 16 }>(
-                s,
-                desc,
-                &mut Split { x, y },
-                (gamma, beta, eps),
-                mean,
-                var,
-                true,
-            ),
-            (Data::InPlace(xy), true) => training::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
-                s,
-                desc,
-                &mut InPlace { xy },
-                (gamma, beta, eps),
-                mean,
-                var,
-                false,
-            ),
-            (Data::InPlace(xy), false) => training::<S, _, GROUP, { GROUP + 16 }>(
-                s,
-                desc,
-                &mut InPlace { xy },
-                (gamma, beta, eps),
-                mean,
-                var,
-                false,
-            ),
+        Call::Training { desc, data, gamma, beta, eps, mean, var } => match data {
+            Data::Split(x, y) => {
+                training_any(s, desc, &mut Split { x, y }, (gamma, beta, eps), mean, var, true)
+            }
+            Data::InPlace(xy) => {
+                training_any(s, desc, &mut InPlace { xy }, (gamma, beta, eps), mean, var, false)
+            }
         },
-        Call::Normalize { desc, data, params } => match (data, wide(desc)) {
-            (Data::Split(x, y), true) => {
-                normalize::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, &mut Split { x, y }, params, true)
-            }
-            (Data::Split(x, y), false) => {
-                normalize::<S, _, GROUP, { GROUP + 16 }>(s, desc, &mut Split { x, y }, params, true)
-            }
-            (Data::InPlace(xy), true) => normalize::<S, _, WIDE_GROUP, { WIDE_GROUP + 16 }>(
-                s,
-                desc,
-                &mut InPlace { xy },
-                params,
-                false,
-            ),
-            (Data::InPlace(xy), false) => {
-                normalize::<S, _, GROUP, { GROUP + 16 }>(s, desc, &mut InPlace { xy }, params, false)
-            }
+        Call::Normalize { desc, data, params } => match data {
+            Data::Split(x, y) => normalize_any(s, desc, &mut Split { x, y }, params, true),
+            Data::InPlace(xy) => normalize_any(s, desc, &mut InPlace { xy }, params, false),
         },
         Call::ReadPass { x, sum } => *sum = super::limit::read_pass(s, x),
         Call::ScalePass { x, y, stream } => super::limit::scale_pass(s, x, y, stream),
+    }
+}
+
+/// Channels-last rows wider than [`GROUP`]: run with [`WIDE_GROUP`]-sized scratch.
+#[inline(always)]
+fn wide(desc: &TensorDesc) -> bool {
+    matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP
+}
+
+/// [`training`] with the scratch size the tensor needs.
+#[inline(always)]
+fn training_any<S: Simd, I: Io>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    affine: (Option<&[f32]>, Option<&[f32]>, f32),
+    mean: &mut [f32],
+    var: &mut [f32],
+    out_of_place: bool,
+) {
+    if wide(desc) {
+        training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, affine, mean, var, out_of_place)
+    } else {
+        training::<S, I, GROUP, { GROUP + 16 }>(s, desc, io, affine, mean, var, out_of_place)
+    }
+}
+
+/// [`normalize`] with the scratch size the tensor needs.
+#[inline(always)]
+fn normalize_any<S: Simd, I: Io>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    params: ParamSrc<'_>,
+    out_of_place: bool,
+) {
+    if wide(desc) {
+        normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, params, out_of_place)
+    } else {
+        normalize::<S, I, GROUP, { GROUP + 16 }>(s, desc, io, params, out_of_place)
     }
 }
 
