@@ -84,13 +84,22 @@ pub fn decode(bytes: &[u8]) -> Problem {
     let data = if rest.is_empty() {
         vec![0.0]
     } else if nice {
-        rest.chunks(2).map(|p| {
-            let v = i16::from_le_bytes([p[0], *p.get(1).unwrap_or(&0)]);
-            offset + v as f32 * scale
-        }).collect()
+        rest.chunks(2)
+            .map(|p| {
+                let v = i16::from_le_bytes([p[0], *p.get(1).unwrap_or(&0)]);
+                offset + v as f32 * scale
+            })
+            .collect()
     } else {
         rest.chunks(4)
-            .map(|p| f32::from_bits(u32::from_le_bytes([p[0], *p.get(1).unwrap_or(&0), *p.get(2).unwrap_or(&0), *p.get(3).unwrap_or(&0)])))
+            .map(|p| {
+                f32::from_bits(u32::from_le_bytes([
+                    p[0],
+                    *p.get(1).unwrap_or(&0),
+                    *p.get(2).unwrap_or(&0),
+                    *p.get(3).unwrap_or(&0),
+                ]))
+            })
             .collect()
     };
     Problem { shape: Shape::new(n, c, s), layout, deltas, op, isa, eps, momentum, count, nice, params, data }

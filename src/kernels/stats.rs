@@ -193,11 +193,13 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
         }
         let offs = &offs[..b];
         if st.tcount == 0 && st.ccount == 0 {
-            // The shift: the mean of the first few rows, from sums around the first row (re-read from
-            // L1). The first block is summed around it and every later block around the running mean,
-            // so no block's `s2 − s1²/b` cancels much, whatever the offset or the first value.
+            // The shift: the mean of the first block, from sums around its first row (one extra read
+            // of the block, from L1). The first block is summed around it and every later block around
+            // the running mean, so no block's `s2 − s1²/b` cancels much, whatever the offset or the
+            // first values (bimodal data whose first rows are all one mode cost 39 U with a 4-row
+            // shift).
             st.k0[..w].copy_from_slice(&x[offs[0]..offs[0] + w]);
-            let head = &offs[..offs.len().min(SHIFT_ROWS)];
+            let head = offs;
             let mut col = 0;
             while col < w {
                 shift_vector(s, x, head, col, (w - col).min(l), st);
@@ -221,9 +223,6 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
         }
     }
 }
-
-/// Rows (or values) whose mean becomes a channel's shift.
-const SHIFT_ROWS: usize = 4;
 
 /// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the rows at `offs`, summed
 /// as `Σ(x − k)/len` so that it overflows only where two values differ by more than `f32::MAX`.
@@ -415,17 +414,21 @@ pub(crate) struct PlaneStats<S: Simd> {
 }
 
 impl<S: Simd> PlaneStats<S> {
-    /// Values per block.
-    const BLOCK: usize = 64 * if S::LANES < 4 { 4 } else { S::LANES };
+    /// Values per block: 16 vector steps into each of the four accumulators, on every tier (longer chains
+    /// of additions let the rounding of structured data — long constant runs — add up).
+    const BLOCK: usize = 64 * S::LANES;
 
-    /// Empty statistics whose shift is the mean of the first few values of `first`.
+    /// Empty statistics whose shift is the mean of the first block of `first` (see `rows_moments`).
     #[inline(always)]
     pub(crate) fn new(s: S, first: &[f32]) -> Self {
         let zero = s.splat(0.0);
-        let head = &first[..first.len().min(4 * SHIFT_ROWS)];
+        let head = &first[..first.len().min(Self::BLOCK)];
         let k = head.first().copied().unwrap_or(0.0);
-        let inv = 1.0 / head.len().max(1) as f32;
-        let k0 = k + head.iter().map(|v| (v - k) * inv).sum::<f32>();
+        let mut a1 = [zero; 4];
+        let inv = s.splat(1.0 / head.len().max(1) as f32);
+        // Σ((x − k)/n): overflows only where two values differ by more than f32::MAX.
+        accumulate_scaled(s, head, s.splat(k), inv, &mut a1);
+        let k0 = k + s.hsum(sum_tree(s, &a1));
         PlaneStats {
             k0,
             chunk: (0.0, 0.0, 0),
@@ -492,6 +495,19 @@ impl<S: Simd> PlaneStats<S> {
         self.end_block(s);
         self.flush();
         Summary { k0: self.k0, m: self.total.0, m2: self.total.1, count: self.total.2 }.finish()
+    }
+}
+
+/// Adds `Σ(x − k)·inv` of `p` into four accumulators.
+#[inline(always)]
+fn accumulate_scaled<S: Simd>(s: S, p: &[f32], kv: S::V, inv: S::V, a1: &mut [S::V; 4]) {
+    let mut vecs = p.chunks_exact(S::LANES);
+    for (i, ch) in (&mut vecs).enumerate() {
+        a1[i % 4] = s.mul_add(s.sub(s.load(ch), kv), inv, a1[i % 4]);
+    }
+    let tail = vecs.remainder();
+    if !tail.is_empty() {
+        a1[3] = s.mul_add(s.sub(s.load_part(tail, kv), kv), inv, a1[3]);
     }
 }
 
