@@ -71,6 +71,11 @@ pub(crate) trait Simd: Copy {
     fn prefetch(self, s: &[f32]) {
         prefetch_l2(s)
     }
+    /// Hints that the line `ahead` floats past the start of `s` will be read soon, whether or not it is
+    /// inside `s` (a prefetch never faults); a no-op where the target has no prefetch instruction.
+    fn prefetch_ahead(self, s: &[f32], ahead: usize) {
+        prefetch_at(s.as_ptr().wrapping_add(ahead))
+    }
 }
 
 use crate::dispatch::Isa;
@@ -88,6 +93,18 @@ fn prefetch_l2(s: &[f32]) {
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = s;
+}
+/// Prefetches the line at `p` (x86-64: `prefetcht0`; elsewhere nothing). `p` may point anywhere.
+#[inline(always)]
+fn prefetch_at(p: *const f32) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault, whatever the
+    // address (the pointer is never dereferenced).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
 }
 use crate::kernels::ops::{self, Call};
 
