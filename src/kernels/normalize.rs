@@ -60,6 +60,43 @@ pub(crate) trait Phased<S: Simd> {
     fn advance(&self, phase: usize, by: usize) -> usize;
     /// The phase one vector (`LANES` elements) after `phase`.
     fn next(&self, phase: usize) -> usize;
+    /// The parameters as registers, when every vector from `phase` on has the same ones (a period that
+    /// divides the vector width); `None` otherwise.
+    #[inline(always)]
+    fn fixed(&self, _s: S, _phase: usize) -> Option<Fixed<S::V>> {
+        None
+    }
+}
+
+/// Parameters that are the same for every vector of a span, held in registers (a channel block whose
+/// period divides the vector width: no parameter loads in the loop).
+pub(crate) struct Fixed<V> {
+    m: V,
+    sc: V,
+    sh: V,
+    keep: Option<V>,
+}
+
+impl<S: Simd> Phased<S> for Fixed<S::V> {
+    #[inline(always)]
+    fn vecs(&self, _s: S, _phase: usize) -> (S::V, S::V, S::V) {
+        (self.m, self.sc, self.sh)
+    }
+    #[inline(always)]
+    fn mask(&self, s: S, _phase: usize, y: S::V) -> S::V {
+        match self.keep {
+            Some(k) => s.and(y, k),
+            None => y,
+        }
+    }
+    #[inline(always)]
+    fn advance(&self, _phase: usize, _by: usize) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn next(&self, _phase: usize) -> usize {
+        0
+    }
 }
 
 /// One channel's parameters for a whole span.
@@ -112,6 +149,10 @@ pub(crate) struct Periodic<const N: usize> {
 }
 
 impl<const N: usize> Periodic<N> {
+    /// Placeholder parameters (period 1, all zero) for arrays filled later.
+    pub(crate) const EMPTY: Self =
+        Periodic { period: 1, step: 0, m: [0.0; N], sc: [0.0; N], sh: [0.0; N], keep: None };
+
     /// Parameters of a period of `period` channels of which the first `p.scale.len()` are real (the rest
     /// padding, whose outputs are 0). `period + LANES ≤ N`.
     #[inline(always)]
@@ -164,6 +205,15 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
         let p = phase + self.step;
         if p >= self.period { p - self.period } else { p }
     }
+    #[inline(always)]
+    fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
+        if self.step != 0 {
+            return None;
+        }
+        let (m, sc, sh) = self.vecs(s, phase);
+        let keep = self.keep.as_ref().map(|k| s.load(&k[phase.min(N - S::LANES)..]));
+        Some(Fixed { m, sc, sh, keep })
+    }
 }
 
 /// One vector of output at `at` (`n ≤ LANES` elements; partial when `n < LANES`).
@@ -206,6 +256,29 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
         i += head;
         ph = p.advance(ph, head);
     }
+    match p.fixed(s, ph) {
+        Some(f) => fetched += body(s, io, i, end, &f, ph, stream, pf),
+        None => fetched += body(s, io, i, end, p, ph, stream, pf),
+    }
+    io.prefetch(s, pf, len - fetched);
+}
+
+/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph`. Returns the
+/// floats whose lines were handed to `pf`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn body<S: Simd, I: Io, P: Phased<S>>(
+    s: S,
+    io: &mut I,
+    mut i: usize,
+    end: usize,
+    p: &P,
+    mut ph: usize,
+    stream: bool,
+    pf: &mut Prefetch,
+) -> usize {
+    let l = S::LANES;
+    let mut fetched = 0;
     while i + 4 * l <= end {
         let mut phs = [ph; 4];
         for u in 1..4 {
@@ -231,5 +304,5 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
     if i < end {
         one(s, io, i, end - i, p, ph);
     }
-    io.prefetch(s, pf, len - fetched);
+    fetched
 }

@@ -22,6 +22,9 @@ const TRAIN_CHUNK_BYTES: usize = 1 << 19;
 /// for the next layer.
 const STREAM_MIN_BYTES: usize = 8 << 20;
 
+/// Channel blocks whose parameters the blocked normalise pass keeps ready at once (about 9 KB of stack).
+const BLOCK_GROUP: usize = 16;
+
 /// In- or out-of-place data of a normalising call.
 pub(crate) enum Data<'a> {
     Split(&'a [f32], &'a mut [f32]),
@@ -244,7 +247,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
             Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= TRAIN_CHUNK_BYTES => chunk_lines(desc, n0, n1),
             _ => Prefetch::none(),
         };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf);
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
     }
     if stream {
         s.fence();
@@ -353,7 +356,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
             }
         };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none());
+        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
     }
     if stream {
         s.fence();
@@ -361,7 +364,9 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
 }
 
 /// Normalises channels `c0..c1` (at most GROUP; whole blocks for blocked layouts but for the last) with
-/// the parameters `p` of those channels.
+/// the parameters `p` of those channels. With `recent_last`, planes and block planes go from the last
+/// batch index to the first: right after the chunk's statistics, the planes read last are the ones
+/// still in L2, so a chunk larger than L2 is re-read partly from it.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn normalize_range<S: Simd, I: Io, const PB: usize>(
@@ -373,7 +378,9 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
     p: &Params<'_>,
     stream: bool,
     pf: &mut Prefetch,
+    recent_last: bool,
 ) {
+    let order = |i: usize, count: usize| if recent_last { count - 1 - i } else { i };
     let sh = desc.shape();
     let rows = sh.n * sh.spatial;
     match kind(desc) {
@@ -393,8 +400,8 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
             }
         }
         Kind::Planes => {
-            for n in 0..sh.n {
-                for c in c0..c1 {
+            for n in (0..sh.n).map(|i| order(i, sh.n)) {
+                for c in (c0..c1).map(|i| c0 + order(i - c0, c1 - c0)) {
                     let j = c - c0;
                     let m = p.mean.map_or(0.0, |m| m[j]);
                     let t = p.shift.map_or(0.0, |t| t[j]);
@@ -404,18 +411,29 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
             }
         }
         Kind::Blocked(b) => {
+            // Groups of up to BLOCK_GROUP blocks, batch index outer: each batch index's planes of the
+            // group are adjacent in memory, so the pass streams through long contiguous runs instead of
+            // jumping by C·S floats after every plane.
             let blocks = sh.c.div_ceil(b);
             let plane = sh.spatial * b;
-            for cb in c0 / b..c1.div_ceil(b) {
-                let r = cb * b - c0..(cb * b + b).min(c1) - c0;
-                let bp = Params {
-                    mean: p.mean.map(|q| &q[r.clone()]),
-                    scale: &p.scale[r.clone()],
-                    shift: p.shift.map(|q| &q[r.clone()]),
-                };
-                let pp = Periodic::<PBUF_BLOCK>::new(s, &bp, b);
-                for n in 0..sh.n {
-                    span(s, io, (n * blocks + cb) * plane, plane, &pp, 0, stream, pf);
+            let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
+            let groups = (cb1 - cb0).div_ceil(BLOCK_GROUP);
+            let mut pps = [const { Periodic::<PBUF_BLOCK>::EMPTY }; BLOCK_GROUP];
+            for g in (0..groups).map(|i| order(i, groups)) {
+                let (g0, g1) = (cb0 + g * BLOCK_GROUP, (cb0 + (g + 1) * BLOCK_GROUP).min(cb1));
+                for (cb, pp) in (g0..g1).zip(pps.iter_mut()) {
+                    let r = cb * b - c0..(cb * b + b).min(c1) - c0;
+                    let bp = Params {
+                        mean: p.mean.map(|q| &q[r.clone()]),
+                        scale: &p.scale[r.clone()],
+                        shift: p.shift.map(|q| &q[r.clone()]),
+                    };
+                    *pp = Periodic::new(s, &bp, b);
+                }
+                for n in (0..sh.n).map(|i| order(i, sh.n)) {
+                    for cb in (g0..g1).map(|i| g0 + order(i - g0, g1 - g0)) {
+                        span(s, io, (n * blocks + cb) * plane, plane, &pps[cb - g0], 0, stream, pf);
+                    }
                 }
             }
         }
