@@ -60,42 +60,44 @@ pub(crate) trait Phased<S: Simd> {
     fn advance(&self, phase: usize, by: usize) -> usize;
     /// The phase one vector (`LANES` elements) after `phase`.
     fn next(&self, phase: usize) -> usize;
-    /// The parameters as registers, when every vector from `phase` on has the same ones (a period that
-    /// divides the vector width); `None` otherwise.
+    /// The parameters as registers, when the four vectors of every unrolled step from `phase` on have
+    /// the same ones (a period that divides four vector widths); `None` otherwise.
     #[inline(always)]
     fn fixed(&self, _s: S, _phase: usize) -> Option<Fixed<S::V>> {
         None
     }
 }
 
-/// Parameters that are the same for every vector of a span, held in registers (a channel block whose
-/// period divides the vector width: no parameter loads in the loop).
+/// Parameters that repeat every four vectors of a span, held in registers: slot `u` serves the `u`-th
+/// vector of each unrolled step (a channel block, or NHWC rows of 16–64 channels: no parameter loads in
+/// the loop). Its phase is the slot.
 pub(crate) struct Fixed<V> {
-    m: V,
-    sc: V,
-    sh: V,
-    keep: Option<V>,
+    m: [V; 4],
+    sc: [V; 4],
+    sh: [V; 4],
+    keep: Option<[V; 4]>,
 }
 
 impl<S: Simd> Phased<S> for Fixed<S::V> {
     #[inline(always)]
-    fn vecs(&self, _s: S, _phase: usize) -> (S::V, S::V, S::V) {
-        (self.m, self.sc, self.sh)
+    fn vecs(&self, _s: S, slot: usize) -> (S::V, S::V, S::V) {
+        let u = slot % 4;
+        (self.m[u], self.sc[u], self.sh[u])
     }
     #[inline(always)]
-    fn mask(&self, s: S, _phase: usize, y: S::V) -> S::V {
-        match self.keep {
-            Some(k) => s.and(y, k),
+    fn mask(&self, s: S, slot: usize, y: S::V) -> S::V {
+        match &self.keep {
+            Some(k) => s.and(y, k[slot % 4]),
             None => y,
         }
     }
     #[inline(always)]
-    fn advance(&self, _phase: usize, _by: usize) -> usize {
-        0
+    fn advance(&self, slot: usize, by: usize) -> usize {
+        (slot + by / S::LANES) % 4
     }
     #[inline(always)]
-    fn next(&self, _phase: usize) -> usize {
-        0
+    fn next(&self, slot: usize) -> usize {
+        (slot + 1) % 4
     }
 }
 
@@ -207,12 +209,20 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
     }
     #[inline(always)]
     fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
-        if self.step != 0 {
+        if (4 * S::LANES) % self.period != 0 {
             return None;
         }
-        let (m, sc, sh) = self.vecs(s, phase);
-        let keep = self.keep.as_ref().map(|k| s.load(&k[phase.min(N - S::LANES)..]));
-        Some(Fixed { m, sc, sh, keep })
+        let zero = s.splat(0.0);
+        let mut f = Fixed { m: [zero; 4], sc: [zero; 4], sh: [zero; 4], keep: None };
+        let mut keep = [zero; 4];
+        let mut ph = phase;
+        for u in 0..4 {
+            (f.m[u], f.sc[u], f.sh[u]) = self.vecs(s, ph);
+            keep[u] = self.mask(s, ph, s.splat(f32::from_bits(u32::MAX)));
+            ph = <Self as Phased<S>>::next(self, ph);
+        }
+        f.keep = self.keep.is_some().then_some(keep);
+        Some(f)
     }
 }
 
@@ -257,17 +267,18 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
         ph = p.advance(ph, head);
     }
     match p.fixed(s, ph) {
-        Some(f) => fetched += body(s, io, i, end, &f, ph, stream, pf),
-        None => fetched += body(s, io, i, end, p, ph, stream, pf),
+        Some(f) => fetched += body::<S, I, Fixed<S::V>, true>(s, io, i, end, &f, 0, stream, pf),
+        None => fetched += body::<S, I, P, false>(s, io, i, end, p, ph, stream, pf),
     }
     io.prefetch(s, pf, len - fetched);
 }
 
-/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph`. Returns the
-/// floats whose lines were handed to `pf`.
+/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph`. With `FIXED`,
+/// `p` is a [`Fixed`] starting at slot 0, and the unrolled loop's phases are the constants 0..4. Returns
+/// the floats whose lines were handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body<S: Simd, I: Io, P: Phased<S>>(
+fn body<S: Simd, I: Io, P: Phased<S>, const FIXED: bool>(
     s: S,
     io: &mut I,
     mut i: usize,
@@ -280,9 +291,12 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
     let l = S::LANES;
     let mut fetched = 0;
     while i + 4 * l <= end {
-        let mut phs = [ph; 4];
-        for u in 1..4 {
-            phs[u] = p.next(phs[u - 1]);
+        let mut phs = [0, 1, 2, 3];
+        if !FIXED {
+            phs[0] = ph;
+            for u in 1..4 {
+                phs[u] = p.next(phs[u - 1]);
+            }
         }
         let x = io.load4(s, i);
         let mut y = x;
@@ -293,7 +307,9 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
         io.store4(s, i, y, stream);
         io.prefetch(s, pf, 4 * l);
         fetched += 4 * l;
-        ph = p.next(phs[3]);
+        if !FIXED {
+            ph = p.next(phs[3]);
+        }
         i += 4 * l;
     }
     while i + l <= end {
