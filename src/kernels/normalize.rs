@@ -216,9 +216,9 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
         let mut f = Fixed { m: [zero; 4], sc: [zero; 4], sh: [zero; 4], keep: None };
         let mut keep = [zero; 4];
         let mut ph = phase;
-        for u in 0..4 {
+        for (u, k) in keep.iter_mut().enumerate() {
             (f.m[u], f.sc[u], f.sh[u]) = self.vecs(s, ph);
-            keep[u] = self.mask(s, ph, s.splat(f32::from_bits(u32::MAX)));
+            *k = self.mask(s, ph, s.splat(f32::from_bits(u32::MAX)));
             ph = <Self as Phased<S>>::next(self, ph);
         }
         f.keep = self.keep.is_some().then_some(keep);
