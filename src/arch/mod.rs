@@ -46,8 +46,6 @@ pub(crate) trait Simd: Copy {
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
-    /// `a / b`.
-    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a < b ? a : b` (x86 `minps` semantics: `b` when either is NaN).
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, fused where the tier has FMA.
@@ -184,7 +182,6 @@ mod tests {
             assert_eq!(lanes(s.add(va, vb))[i], a[i] + b[i]);
             assert_eq!(lanes(s.sub(va, vb))[i], a[i] - b[i]);
             assert_eq!(lanes(s.mul(va, vb))[i], a[i] * b[i]);
-            assert_eq!(lanes(s.div(va, vb))[i], a[i] / b[i]);
             assert_eq!(lanes(s.min(va, vb))[i], if a[i] < b[i] { a[i] } else { b[i] });
             // Small multiples of 1/8: the product and sum are exact, fused or not.
             assert_eq!(lanes(s.mul_add(va, vb, va))[i], a[i] * b[i] + a[i]);

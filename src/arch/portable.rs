@@ -50,10 +50,6 @@ impl Simd for Portable {
         a * b
     }
     #[inline(always)]
-    fn div(self, a: f32x4, b: f32x4) -> f32x4 {
-        a / b
-    }
-    #[inline(always)]
     fn min(self, a: f32x4, b: f32x4) -> f32x4 {
         // Lane-wise `a < b ? a : b`, the same on every target (`fast_min` differs on NaN by target).
         a.simd_lt(b).select(a, b)

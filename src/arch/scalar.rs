@@ -57,10 +57,6 @@ impl Simd for Scalar {
         a * b
     }
     #[inline(always)]
-    fn div(self, a: f32, b: f32) -> f32 {
-        a / b
-    }
-    #[inline(always)]
     fn min(self, a: f32, b: f32) -> f32 {
         if a < b { a } else { b }
     }

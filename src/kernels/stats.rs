@@ -46,8 +46,26 @@ fn merge_factors(n_old: usize, b: usize) -> (f32, f32) {
     ((b as f64 / n_new) as f32, (n_old as f64 * b as f64 / n_new) as f32)
 }
 
-/// Merges a block of `b` values per lane, given as sums `s1 = Σ(x − k)`, `s2 = Σ(x − k)²`, into the running
-/// `(m, m2)` (mean relative to `k0`, and M2) of `n_old` values. Returns the new `(m, m2)`.
+/// Chan's factors for merging a block of `b` values into `n_old`: `1/b`, `b/n` and `n_old·b/n`
+/// (computed once per block, shared by every vector of channels).
+#[derive(Clone, Copy)]
+struct BlockMerge {
+    inv_b: f32,
+    f1: f32,
+    f2: f32,
+}
+
+impl BlockMerge {
+    #[inline(always)]
+    fn new(n_old: usize, b: usize) -> Self {
+        let (f1, f2) = merge_factors(n_old, b);
+        // `b` is a block length (at most a few thousand): exact in f32, and `1/b` within half an ulp.
+        BlockMerge { inv_b: (1.0 / b as f64) as f32, f1, f2 }
+    }
+}
+
+/// Merges a block given as sums `s1 = Σ(x − k)`, `s2 = Σ(x − k)²` per lane into the running `(m, m2)`
+/// (mean relative to `k0`, and M2). Returns the new `(m, m2)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn merge<S: Simd>(
@@ -58,19 +76,16 @@ fn merge<S: Simd>(
     m2: S::V,
     s1: S::V,
     s2: S::V,
-    b: usize,
-    n_old: usize,
+    f: BlockMerge,
 ) -> (S::V, S::V) {
-    // `b` is a block length (at most a few thousand): exact in f32.
-    let mb_rel = s.div(s1, s.splat(b as f32));
+    let mb_rel = s.mul(s1, s.splat(f.inv_b));
     // `s1·mb_rel ≤ s2` in exact arithmetic; capping it at f32::MAX keeps an overflowed `s2 = +inf`
     // (a spread whose squares overflow) an infinite M2 rather than `inf − inf = NaN`.
     let m2b = s.sub(s2, s.min(s.mul(s1, mb_rel), s.splat(f32::MAX)));
     let delta = s.sub(s.add(s.sub(k, k0), mb_rel), m);
-    let (f1, f2) = merge_factors(n_old, b);
-    let m_new = s.mul_add(delta, s.splat(f1), m);
+    let m_new = s.mul_add(delta, s.splat(f.f1), m);
     // `(delta·f2)·delta`, not `delta²·f2`: a first merge (f2 = 0) then adds 0 even where delta² overflows.
-    let m2_new = s.mul_add(s.mul(delta, s.splat(f2)), delta, s.add(m2, m2b));
+    let m2_new = s.mul_add(s.mul(delta, s.splat(f.f2)), delta, s.add(m2, m2b));
     (m_new, m2_new)
 }
 
@@ -194,10 +209,13 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     let w = rows.width;
     let l = S::LANES;
     let mut cursor = (0, 0);
-    let mut offs = [0usize; ROW_BLOCK];
-    let pf = (ROW_BLOCK * rows.inner_stride).clamp(PF_MIN, PF_MAX);
+    let mut offs = [0usize; 2 * ROW_BLOCK];
+    // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
+    // the rows per block keeps their chains at 16 additions and halves the merges.
+    let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
+    let pf = (rb * rows.inner_stride).clamp(PF_MIN, PF_MAX);
     loop {
-        let b = rows.next_block(&mut cursor, &mut offs);
+        let b = rows.next_block(&mut cursor, &mut offs[..rb]);
         if b == 0 {
             break;
         }
@@ -216,14 +234,15 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
                 col += l;
             }
         }
+        let f = BlockMerge::new(st.ccount, b);
         let mut col = 0;
         while col + TILE * l <= w {
-            moments_tile::<S, TILE, 1, N>(s, x, offs, col, l, st, pf);
+            moments_tile::<S, TILE, 1, N>(s, x, offs, col, l, st, f, pf);
             col += TILE * l;
         }
         while col < w {
             // A lone vector: four accumulators over alternating rows hide the add latency.
-            moments_tile::<S, 1, 4, N>(s, x, offs, col, (w - col).min(l), st, pf);
+            moments_tile::<S, 1, 4, N>(s, x, offs, col, (w - col).min(l), st, f, pf);
             col += l;
         }
         st.ccount += b;
@@ -258,7 +277,8 @@ fn shift_vector<S: Simd, const N: usize>(
 }
 
 /// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
-/// turn); the last vector has `last` valid lanes.
+/// turn); the last vector has `last` valid lanes. `f` merges the block into the chunk.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     s: S,
@@ -267,6 +287,7 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     col: usize,
     last: usize,
     st: &mut GroupStats<N>,
+    f: BlockMerge,
     pf: usize,
 ) {
     let l = S::LANES;
@@ -294,12 +315,11 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     for (u, &off) in groups.remainder().iter().enumerate() {
         add_row::<S, T, U>(s, x, off + col, last, &k, &mut s1, &mut s2, u, pf);
     }
-    let n_old = st.ccount;
     for j in 0..T {
         let (a1, a2) = (sum_tree(s, &s1[j]), sum_tree(s, &s2[j]));
         let c = col + j * l;
         let m2 = s.load(&st.cm2[c..]);
-        let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, a1, a2, offs.len(), n_old);
+        let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, a1, a2, f);
         s.store(&mut st.cm[c..], mn);
         s.store(&mut st.cm2[c..], m2n);
     }
@@ -482,7 +502,7 @@ impl<S: Simd> PlaneStats<S> {
         let s1 = s.hsum(sum_tree(s, &self.a1));
         let s2 = s.hsum(sum_tree(s, &self.a2));
         let (m, m2, n) = self.chunk;
-        let (m, m2) = merge(Scalar, self.k, self.k0, m, m2, s1, s2, self.pending, n);
+        let (m, m2) = merge(Scalar, self.k, self.k0, m, m2, s1, s2, BlockMerge::new(n, self.pending));
         self.chunk = (m, m2, n + self.pending);
         self.pending = 0;
         self.a1 = [zero; 4];
