@@ -10,24 +10,8 @@ use bnorm::{Affine, Isa, Kernels, Layout, Shape, TensorDesc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use std::time::Duration;
 
-const SHAPES: [(&str, [usize; 4]); 8] = [
-    ("r50-conv1", [32, 64, 112, 112]),
-    ("r50-s2", [32, 256, 56, 56]),
-    ("r50-s3", [32, 512, 28, 28]),
-    ("r50-s5", [32, 2048, 7, 7]),
-    ("b1-56", [1, 64, 56, 56]),
-    ("b1-14", [1, 1024, 14, 14]),
-    ("odd-c23", [4, 23, 13, 13]),
-    ("bn1d", [256, 512, 1, 1]),
-];
-
-const LAYOUTS: [(&str, Layout); 5] = [
-    ("nchw", Layout::Nchw),
-    ("nhwc", Layout::Nhwc),
-    ("nChw4c", Layout::Blocked { block: 4 }),
-    ("nChw8c", Layout::Blocked { block: 8 }),
-    ("nChw16c", Layout::Blocked { block: 16 }),
-];
+mod common;
+use common::{LAYOUTS, SHAPES};
 
 /// The channel of memory index `i`.
 fn channel_of(d: &TensorDesc, i: usize) -> usize {

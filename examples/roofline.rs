@@ -9,39 +9,16 @@
 //! thread, preallocated outputs; `moments` counts the tensor once (it only reads). `--quick` times the
 //! detected tier only, with fewer repetitions (under 30 s).
 
-use bnorm::{__bench, Affine, Isa, Kernels, Layout, Shape, TensorDesc};
+use bnorm::{__bench, Affine, Isa, Kernels, Shape, TensorDesc};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-const SHAPES: [(&str, [usize; 4]); 8] = [
-    ("r50-conv1", [32, 64, 112, 112]),
-    ("r50-s2", [32, 256, 56, 56]),
-    ("r50-s3", [32, 512, 28, 28]),
-    ("r50-s5", [32, 2048, 7, 7]),
-    ("b1-56", [1, 64, 56, 56]),
-    ("b1-14", [1, 1024, 14, 14]),
-    ("odd-c23", [4, 23, 13, 13]),
-    ("bn1d", [256, 512, 1, 1]),
-];
-
-const LAYOUTS: [Layout; 5] = [
-    Layout::Nchw,
-    Layout::Nhwc,
-    Layout::Blocked { block: 4 },
-    Layout::Blocked { block: 8 },
-    Layout::Blocked { block: 16 },
-];
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{LAYOUTS, SHAPES};
 
 const OPS: [&str; 6] = ["moments", "train", "infer", "affine", "train-inplace", "infer-inplace"];
-
-fn layout_name(l: Layout) -> String {
-    match l {
-        Layout::Nchw => "nchw".into(),
-        Layout::Nhwc => "nhwc".into(),
-        Layout::Blocked { block } => format!("nChw{block}c"),
-    }
-}
 
 /// Median seconds of `reps` calls after one warm-up call.
 fn median(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -86,7 +63,7 @@ fn limit(k: &Kernels, x: &[f32], y: &mut [f32], reps: usize) -> Limit {
 
 struct Row {
     shape: &'static str,
-    layout: String,
+    layout: &'static str,
     op: &'static str,
     isa: Isa,
     gbps: f64,
@@ -113,9 +90,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for (name, [n, c, h, w]) in SHAPES {
         if filter.as_ref().is_some_and(|f| {
-            !LAYOUTS.iter().any(|&l| {
-                OPS.iter().any(|op| format!("{name}/{}/{op}/", layout_name(l)).contains(f.as_str()))
-            }) && !isas.iter().any(|i| f.contains(i.name()))
+            !LAYOUTS
+                .iter()
+                .any(|&(lname, _)| OPS.iter().any(|op| format!("{name}/{lname}/{op}/").contains(f.as_str())))
+                && !isas.iter().any(|i| f.contains(i.name()))
         }) {
             continue;
         }
@@ -128,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (false, false) => 60,
         };
         let max_len =
-            LAYOUTS.iter().map(|&l| TensorDesc::new(shape, l).map_or(0, |d| d.len())).max().unwrap_or(0);
+            LAYOUTS.iter().map(|&(_, l)| TensorDesc::new(shape, l).map_or(0, |d| d.len())).max().unwrap_or(0);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         // 64-byte aligned buffers, as oneDNN and stream_limit.c use (the benches use odd offsets).
         let mut xbuf = vec![0.0f32; max_len + 16];
@@ -153,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (mut mean, mut var) = (vec![0.0f32; c], vec![1.0f32; c]);
         let (gamma, beta) = (vec![1.0f32; c], vec![0.0f32; c]);
         let aff = Affine::new(&gamma, &beta, 1e-5);
-        for layout in LAYOUTS {
+        for (lname, layout) in LAYOUTS {
             let desc = TensorDesc::new(shape, layout)?;
             let len = desc.len();
             for op in OPS {
@@ -161,7 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 }
                 for &isa in &isas {
-                    let tag = format!("{name}/{}/{op}/{isa}", layout_name(layout));
+                    let tag = format!("{name}/{lname}/{op}/{isa}");
                     if filter.as_ref().is_some_and(|f| !tag.contains(f.as_str())) {
                         continue;
                     }
@@ -196,10 +174,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
                     println!(
                         "| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {:.0}% |",
-                        layout_name(layout),
+                        lname,
                         100.0 * gbps / lim_op
                     );
-                    rows.push(Row { shape: name, layout: layout_name(layout), op, isa, gbps, limit: lim_op });
+                    rows.push(Row { shape: name, layout: lname, op, isa, gbps, limit: lim_op });
                 }
             }
         }

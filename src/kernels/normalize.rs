@@ -169,8 +169,9 @@ impl<const N: usize> Periodic<N> {
             keep: (valid < period).then_some([0.0; N]),
         };
         let n = (period + S::LANES).min(N);
+        // `c = i % period`, counted rather than divided.
+        let mut c = 0;
         for i in 0..n {
-            let c = i % period;
             if c < valid {
                 out.m[i] = p.mean.map_or(0.0, |m| m[c]);
                 out.sc[i] = p.scale[c];
@@ -178,6 +179,10 @@ impl<const N: usize> Periodic<N> {
                 if let Some(k) = &mut out.keep {
                     k[i] = f32::from_bits(u32::MAX);
                 }
+            }
+            c += 1;
+            if c == period {
+                c = 0;
             }
         }
         out
