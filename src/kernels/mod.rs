@@ -201,20 +201,23 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
-    /// Fills `offs` with the offsets of the next rows (at most `offs.len()`), advancing `cursor`
-    /// (`(o, i)`); returns how many it wrote.
+    /// Fills `runs` with the next block of at most `max` rows as runs `(start, count)` of rows at the
+    /// constant stride `inner_stride` (a block spans outer sets when they are short), advancing
+    /// `cursor` (`(o, i)`); returns how many runs and rows it wrote. `runs` holds at least `max`.
     #[inline(always)]
-    pub(crate) fn next_block(&self, cursor: &mut (usize, usize), offs: &mut [usize]) -> usize {
-        let mut k = 0;
+    pub(crate) fn next_block(
+        &self,
+        cursor: &mut (usize, usize),
+        runs: &mut [(usize, usize)],
+        max: usize,
+    ) -> (usize, usize) {
+        let (mut k, mut rows) = (0, 0);
         let (mut o, mut i) = *cursor;
-        while k < offs.len() && o < self.outer {
-            // A run of rows inside one outer set, at a constant stride.
-            let run = (self.inner - i).min(offs.len() - k);
-            let start = self.base + o * self.outer_stride + i * self.inner_stride;
-            for (r, slot) in offs[k..k + run].iter_mut().enumerate() {
-                *slot = start + r * self.inner_stride;
-            }
-            k += run;
+        while rows < max && k < runs.len() && o < self.outer {
+            let run = (self.inner - i).min(max - rows);
+            runs[k] = (self.base + o * self.outer_stride + i * self.inner_stride, run);
+            k += 1;
+            rows += run;
             i += run;
             if i == self.inner {
                 i = 0;
@@ -222,7 +225,7 @@ impl Rows {
             }
         }
         *cursor = (o, i);
-        k
+        (k, rows)
     }
 }
 

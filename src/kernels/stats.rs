@@ -209,40 +209,41 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     let w = rows.width;
     let l = S::LANES;
     let mut cursor = (0, 0);
-    let mut offs = [0usize; 2 * ROW_BLOCK];
+    let mut runs = [(0usize, 0usize); 2 * ROW_BLOCK];
     // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
     // the rows per block keeps their chains at 16 additions and halves the merges.
     let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
     let pf = (rb * rows.inner_stride).clamp(PF_MIN, PF_MAX);
+    let stride = rows.inner_stride;
     loop {
-        let b = rows.next_block(&mut cursor, &mut offs[..rb]);
+        let (k, b) = rows.next_block(&mut cursor, &mut runs, rb);
         if b == 0 {
             break;
         }
-        let offs = &offs[..b];
+        let block = Block { runs: &runs[..k], stride };
         if st.tcount == 0 && st.ccount == 0 {
             // The shift: the mean of the first block, from sums around its first row (one extra read
             // of the block, from L1). The first block is summed around it and every later block around
             // the running mean, so no block's `s2 − s1²/b` cancels much, whatever the offset or the
             // first values (bimodal data whose first rows are all one mode cost 39 U with a 4-row
             // shift).
-            st.k0[..w].copy_from_slice(&x[offs[0]..offs[0] + w]);
-            let head = offs;
+            let first = block.runs[0].0;
+            st.k0[..w].copy_from_slice(&x[first..first + w]);
             let mut col = 0;
             while col < w {
-                shift_vector(s, x, head, col, (w - col).min(l), st);
+                shift_vector(s, x, &block, b, col, (w - col).min(l), st);
                 col += l;
             }
         }
         let f = BlockMerge::new(st.ccount, b);
         let mut col = 0;
         while col + TILE * l <= w {
-            moments_tile::<S, TILE, 1, N>(s, x, offs, col, l, st, f, pf);
+            moments_tile::<S, TILE, 1, N>(s, x, &block, col, l, st, f, pf);
             col += TILE * l;
         }
         while col < w {
             // A lone vector: four accumulators over alternating rows hide the add latency.
-            moments_tile::<S, 1, 4, N>(s, x, offs, col, (w - col).min(l), st, f, pf);
+            moments_tile::<S, 1, 4, N>(s, x, &block, col, (w - col).min(l), st, f, pf);
             col += l;
         }
         st.ccount += b;
@@ -253,25 +254,34 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     }
 }
 
-/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the rows at `offs`, summed
-/// as `Σ(x − k)/len` so that it overflows only where two values differ by more than `f32::MAX`.
+/// A block of rows: runs `(start, count)` of rows `stride` apart.
+struct Block<'a> {
+    runs: &'a [(usize, usize)],
+    stride: usize,
+}
+
+/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the `b` rows of `block`,
+/// summed as `Σ(x − k)/b` so that it overflows only where two values differ by more than `f32::MAX`.
 #[inline(always)]
 fn shift_vector<S: Simd, const N: usize>(
     s: S,
     x: &[f32],
-    offs: &[usize],
+    block: &Block<'_>,
+    b: usize,
     col: usize,
     n: usize,
     st: &mut GroupStats<N>,
 ) {
     let l = S::LANES;
     let k = s.load(&st.k0[col..]);
-    let inv = s.splat(1.0 / offs.len() as f32);
+    let inv = s.splat(1.0 / b as f32);
     let mut s1 = s.splat(0.0);
-    for &off in offs {
-        let at = off + col;
-        let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
-        s1 = s.mul_add(s.sub(v, k), inv, s1);
+    for &(start, count) in block.runs {
+        for r in 0..count {
+            let at = start + r * block.stride + col;
+            let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
+            s1 = s.mul_add(s.sub(v, k), inv, s1);
+        }
     }
     s.store(&mut st.k0[col..], s.add(k, s1));
 }
@@ -283,7 +293,7 @@ fn shift_vector<S: Simd, const N: usize>(
 fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     s: S,
     x: &[f32],
-    offs: &[usize],
+    block: &Block<'_>,
     col: usize,
     last: usize,
     st: &mut GroupStats<N>,
@@ -305,15 +315,34 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     }
     let mut s1 = [[zero; U]; T];
     let mut s2 = [[zero; U]; T];
-    // (A helper function, not a closure: a closure would be compiled without the tier's features.)
-    let mut groups = offs.chunks_exact(U);
-    for rows in &mut groups {
-        for (u, &off) in rows.iter().enumerate() {
-            add_row::<S, T, U>(s, x, off + col, last, &k, &mut s1, &mut s2, u, pf);
+    // Rows are dealt to the U accumulators in turn across the whole block. (Helper functions, not
+    // closures: a closure would be compiled without the tier's features.)
+    let mut u = 0;
+    let tile = (T - 1) * l + last;
+    for &(start, count) in block.runs {
+        let mut at = start + col;
+        let mut r = 0;
+        if U > 1 {
+            while u != 0 && r < count {
+                add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, u, pf);
+                u = (u + 1) % U;
+                at += block.stride;
+                r += 1;
+            }
+            while r + U <= count {
+                for uu in 0..U {
+                    add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, uu, pf);
+                    at += block.stride;
+                }
+                r += U;
+            }
         }
-    }
-    for (u, &off) in groups.remainder().iter().enumerate() {
-        add_row::<S, T, U>(s, x, off + col, last, &k, &mut s1, &mut s2, u, pf);
+        while r < count {
+            add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, u, pf);
+            u = (u + 1) % U;
+            at += block.stride;
+            r += 1;
+        }
     }
     for j in 0..T {
         let (a1, a2) = (sum_tree(s, &s1[j]), sum_tree(s, &s2[j]));
@@ -325,13 +354,13 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     }
 }
 
-/// Adds the row at `at` (tile of `T` vectors, the last with `last` lanes) into accumulator `u`.
+/// Adds one row's tile `row` (`T` vectors, the last with `last` lanes) into accumulator `u`, and
+/// prefetches the lines `pf` floats ahead.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn add_row<S: Simd, const T: usize, const U: usize>(
     s: S,
-    x: &[f32],
-    at: usize,
+    row: &[f32],
     last: usize,
     k: &[S::V; T],
     s1: &mut [[S::V; U]; T],
@@ -341,15 +370,15 @@ fn add_row<S: Simd, const T: usize, const U: usize>(
 ) {
     let l = S::LANES;
     for j in 0..T {
-        let a = at + j * l;
+        let a = j * l;
         let v = if j + 1 == T && last < l {
             // Lanes past the row are filled with the shift, so they add exactly 0.
-            s.load_part(&x[a..a + last], k[j])
+            s.load_part(&row[a..], k[j])
         } else {
-            s.load(&x[a..])
+            s.load(&row[a..])
         };
         if (j * l) % LINE == 0 {
-            s.prefetch_ahead(&x[a..], pf);
+            s.prefetch_ahead(&row[a..], pf);
         }
         let d = s.sub(v, k[j]);
         s1[j][u] = s.add(s1[j][u], d);
