@@ -42,6 +42,10 @@ pub(crate) fn variance(m2: f32, count: usize) -> f32 {
 /// Chan's merge factors for adding `b` values to `n_old`: `b / n` and `n_old · b / n`.
 #[inline(always)]
 fn merge_factors(n_old: usize, b: usize) -> (f32, f32) {
+    if n_old == 0 {
+        // What the divisions below give exactly; a channel's first block and first chunk skip them.
+        return (1.0, 0.0);
+    }
     let n_new = n_old as f64 + b as f64;
     ((b as f64 / n_new) as f32, (n_old as f64 * b as f64 / n_new) as f32)
 }
