@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""bnorm beside oneDNN 3.2 and the streaming limit, cell by cell, in one session.
+
+For every shape of shared/peers/shapes.txt, mode (train, infer) and layout, runs `stream_limit`, then
+oneDNN's primitive and bnorm's kernel (the roofline example filtered to that one cell) back to back,
+`--rounds` times, and prints the README's markdown table of medians. Alternating the programs cell by
+cell keeps the comparison fair on a shared machine whose memory bandwidth drifts by tens of percent
+over minutes. One thread; GB/s = 2 x tensor bytes / median call for both.
+
+usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [SHAPE...]
+needs: shared/peers/setup.sh (oneDNN, stream_limit) and `cargo build --release --example roofline`.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.path.join(ROOT, "..", "shared", "peers")
+PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/bnorm-peers"))
+ROOFLINE = os.path.join(ROOT, "target", "release", "examples", "roofline")
+LAYOUTS = ["nchw", "nhwc", "nChw4c", "nChw8c", "nChw16c"]  # oneDNN has no nChw4c
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def reps(n, c, h, w):
+    b = n * c * h * w * 4
+    return 10 if b > 20_000_000 else 40 if b > 2_000_000 else 400
+
+
+def run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True).stdout
+
+
+def limit(elems, r):
+    out = run([os.path.join(PEERS, "stream_limit"), str(elems), str(r + 5)])
+    nt = float(re.search(r"NT-store ([\d.]+)", out).group(1))
+    st = float(re.search(r"scale store ([\d.]+)", out).group(1))
+    return max(nt, st)
+
+
+def onednn(fmt, mode, n, c, h, w, r):
+    out = run([os.path.join(PEERS, "onednn3_bn"), fmt, mode, str(n), str(c), str(h), str(w), str(r)])
+    return json.loads(out)["gbps"]
+
+
+def bnorm(name, fmt, mode, isa):
+    out = run([ROOFLINE, "--isa", isa, "--filter", f"{name}/{fmt}/{mode}/"])
+    for line in out.splitlines():
+        c = [x.strip() for x in line.split("|")]
+        if len(c) > 6 and c[1:4] == [name, fmt, mode]:
+            return float(c[5])
+    raise RuntimeError(f"no roofline row for {name}/{fmt}/{mode}:\n{out}")
+
+
+def main():
+    args = sys.argv[1:]
+    rounds, isa, only = 2, "avx512", []
+    while args:
+        a = args.pop(0)
+        if a == "--rounds":
+            rounds = int(args.pop(0))
+        elif a == "--isa":
+            isa = args.pop(0)
+        else:
+            only.append(a)
+    shapes = []
+    for line in open(os.path.join(SHARED, "shapes.txt")):
+        if line.startswith("#") or not line.strip():
+            continue
+        name, *dims = line.split()
+        if not only or name in only:
+            shapes.append((name, [int(d) for d in dims]))
+    print("| shape | mode | limit | " + " | ".join(LAYOUTS) + " |")
+    print("|---|---|---|" + "---|" * len(LAYOUTS))
+    for name, (n, c, h, w) in shapes:
+        r = reps(n, c, h, w)
+        for mode in ("train", "infer"):
+            lim, cells = [], []
+            for fmt in LAYOUTS:
+                ours, theirs = [], []
+                for _ in range(rounds):
+                    lim.append(limit(n * c * h * w, r))
+                    if fmt != "nChw4c":
+                        theirs.append(onednn(fmt, mode, n, c, h, w, r))
+                    ours.append(bnorm(name, fmt, mode, isa))
+                o = statistics.median(ours)
+                if theirs:
+                    t = statistics.median(theirs)
+                    cells.append(f"**{o:.1f}** / {t:.1f}" + (" ⚠" if o < t else ""))
+                else:
+                    cells.append(f"**{o:.1f}** / –")
+            dims = f"{n}×{c}×{h}×{w}"
+            print(f"| {name} {dims} | {mode} | {statistics.median(lim):.1f} | " + " | ".join(cells) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
