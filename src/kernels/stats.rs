@@ -15,7 +15,10 @@ use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
 
 /// Rows per block in the row kernels: the accumulators of a channel tile stay in registers for this many
-/// rows before a merge. It bounds the cancellation in a block's `s2 − s1²/b` as well as the merge cost.
+/// rows before a merge (twice as many for rows one vector wide, whose rows are split over four
+/// accumulators). It bounds the cancellation in a block's `s2 − s1²/b` as well as the merge cost.
+pub(crate) const ROW_BLOCK: usize = 32;
+
 /// Software prefetch distance of the statistics loops, in floats: at least 8 KB ahead of each load (the
 /// hardware prefetcher alone leaves a single core's read pass ~30 % short of what it can stream from
 /// memory while the loop also computes), and for rows of a wide tile the same columns one block of rows
@@ -25,7 +28,6 @@ const PF_MAX: usize = 32 * 1024;
 
 /// Floats per 64-byte cache line: one prefetch per line.
 const LINE: usize = 16;
-pub(crate) const ROW_BLOCK: usize = 32;
 
 /// Blocks merged into a chunk before the chunk is merged into the total: a two-level tree, so rounding
 /// grows with √(blocks per chunk) + √(chunks) instead of √(blocks).
