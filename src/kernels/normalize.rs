@@ -60,6 +60,9 @@ pub(crate) trait Phased<S: Simd> {
     fn advance(&self, phase: usize, by: usize) -> usize;
     /// The phase one vector (`LANES` elements) after `phase`.
     fn next(&self, phase: usize) -> usize;
+    /// Whether the four vectors of every unrolled step have the phases 0, 1, 2, 3 (a [`Fixed`] from its
+    /// first slot), so the loop needs no phase arithmetic.
+    const SLOTS: bool = false;
     /// The parameters as registers, when the four vectors of every unrolled step from `phase` on have
     /// the same ones (a period that divides four vector widths); `None` otherwise.
     #[inline(always)]
@@ -79,6 +82,7 @@ pub(crate) struct Fixed<V> {
 }
 
 impl<S: Simd> Phased<S> for Fixed<S::V> {
+    const SLOTS: bool = true;
     #[inline(always)]
     fn vecs(&self, _s: S, slot: usize) -> (S::V, S::V, S::V) {
         let u = slot % 4;
@@ -272,18 +276,18 @@ pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
         ph = p.advance(ph, head);
     }
     match p.fixed(s, ph) {
-        Some(f) => fetched += body::<S, I, Fixed<S::V>, true>(s, io, i, end, &f, 0, stream, pf),
-        None => fetched += body::<S, I, P, false>(s, io, i, end, p, ph, stream, pf),
+        Some(f) => fetched += body(s, io, i, end, &f, 0, stream, pf),
+        None => fetched += body(s, io, i, end, p, ph, stream, pf),
     }
     io.prefetch(s, pf, len - fetched);
 }
 
-/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph`. With `FIXED`,
-/// `p` is a [`Fixed`] starting at slot 0, and the unrolled loop's phases are the constants 0..4. Returns
-/// the floats whose lines were handed to `pf`.
+/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph` (0 for a
+/// [`Fixed`], whose unrolled loop's phases are the constants 0..4). Returns the floats whose lines were
+/// handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body<S: Simd, I: Io, P: Phased<S>, const FIXED: bool>(
+fn body<S: Simd, I: Io, P: Phased<S>>(
     s: S,
     io: &mut I,
     mut i: usize,
@@ -297,7 +301,7 @@ fn body<S: Simd, I: Io, P: Phased<S>, const FIXED: bool>(
     let mut fetched = 0;
     while i + 4 * l <= end {
         let mut phs = [0, 1, 2, 3];
-        if !FIXED {
+        if !P::SLOTS {
             phs[0] = ph;
             for u in 1..4 {
                 phs[u] = p.next(phs[u - 1]);
@@ -312,7 +316,7 @@ fn body<S: Simd, I: Io, P: Phased<S>, const FIXED: bool>(
         io.store4(s, i, y, stream);
         io.prefetch(s, pf, 4 * l);
         fetched += 4 * l;
-        if !FIXED {
+        if !P::SLOTS {
             ph = p.next(phs[3]);
         }
         i += 4 * l;
