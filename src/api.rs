@@ -276,6 +276,11 @@ pub fn channel_affine_in_place(
 /// `rm ← (1 − m)·rm + m·mean` and `rv ← (1 − m)·rv + m·var·count/(count − 1)` (computed in f64, rounded
 /// once).
 ///
+/// The two ends of the momentum range are exact: `m = 0` leaves the running statistics bit for bit as
+/// they were (even where the batch's statistics are NaN or infinite), and `m = 1` replaces them by the
+/// batch's (even where the running ones are NaN or infinite). In between, a non-finite value on either
+/// side makes that channel's result non-finite.
+///
 /// Errors: the four slices of different lengths, `count < 2`, momentum outside `[0, 1]` or NaN.
 ///
 /// ```
@@ -301,11 +306,22 @@ pub fn update_running_stats(
     if !(0.0..=1.0).contains(&momentum) {
         return Err(Error::InvalidMomentum { momentum });
     }
+    if momentum == 0.0 {
+        // `(1 − 0)·rm + 0·mean` would turn a NaN or infinite batch statistic into NaN (0·∞).
+        return Ok(());
+    }
     let m = momentum as f64;
     let unbias = count as f64 / (count - 1) as f64;
     for i in 0..c {
-        running_mean[i] = ((1.0 - m) * running_mean[i] as f64 + m * mean[i] as f64) as f32;
-        running_var[i] = ((1.0 - m) * running_var[i] as f64 + m * var[i] as f64 * unbias) as f32;
+        let (bm, bv) = (mean[i] as f64, var[i] as f64 * unbias);
+        if momentum == 1.0 {
+            // Likewise `0·rm` for a non-finite running statistic.
+            running_mean[i] = bm as f32;
+            running_var[i] = bv as f32;
+        } else {
+            running_mean[i] = ((1.0 - m) * running_mean[i] as f64 + m * bm) as f32;
+            running_var[i] = ((1.0 - m) * running_var[i] as f64 + m * bv) as f32;
+        }
     }
     Ok(())
 }

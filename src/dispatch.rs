@@ -9,10 +9,10 @@ use core::sync::atomic::{AtomicU8, Ordering};
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
-    /// Plain scalar Rust: the baseline. Always available.
+    /// Plain scalar Rust: the baseline. Always available, whatever `BNORM_MAX_ISA` says.
     Scalar,
     /// 4-lane SIMD through the `wide` crate: SSE2 on x86-64, NEON on aarch64, simd128 on wasm32 (with
-    /// `+simd128`), scalar code elsewhere. Always available.
+    /// `+simd128`), scalar code elsewhere. Available on every CPU unless `BNORM_MAX_ISA=scalar` caps it.
     Portable,
     /// x86-64 AVX2 with FMA, 8 lanes; chosen at run time.
     Avx2,
@@ -27,8 +27,9 @@ impl Isa {
     /// The best tier available on this CPU (detected once, then cached; works without std).
     ///
     /// With the `std` feature, the environment variable `BNORM_MAX_ISA` (`scalar`, `portable`, `avx2`,
-    /// `avx512`) caps detection when it is first made, so that tests can walk the lower tiers on a CPU
-    /// that has the higher ones. Under miri this is `Portable`.
+    /// `avx512`, ASCII case ignored) caps detection when it is first made, so that tests can walk the
+    /// lower tiers on a CPU that has the higher ones. An empty value is the same as no variable; any
+    /// other value is not a cap: it is ignored, with a warning on stderr. Under miri this is `Portable`.
     pub fn detect() -> Isa {
         best()
     }
@@ -39,10 +40,12 @@ impl Isa {
         self <= best()
     }
 
-    /// The available tiers, lowest first.
+    /// The available tiers, lowest first. `Scalar` is always among them.
     ///
     /// ```
-    /// assert!(bnorm::Isa::available().any(|i| i == bnorm::Isa::Portable));
+    /// let tiers: Vec<bnorm::Isa> = bnorm::Isa::available().collect();
+    /// assert_eq!(tiers[0], bnorm::Isa::Scalar);
+    /// assert_eq!(tiers.last(), Some(&bnorm::Isa::detect()));
     /// ```
     pub fn available() -> impl Iterator<Item = Isa> {
         Isa::ALL.into_iter().filter(|i| i.is_available())
@@ -99,16 +102,36 @@ fn detect_best() -> Isa {
     Isa::Portable
 }
 
-/// The highest tier allowed by `BNORM_MAX_ISA` (no limit without std or without the variable; an
-/// unknown name is ignored).
+/// The highest tier allowed by `BNORM_MAX_ISA` (no limit without std or without the variable).
 fn cap() -> Isa {
     #[cfg(feature = "std")]
     {
-        if let Some(isa) = std::env::var("BNORM_MAX_ISA").ok().and_then(|v| Isa::from_name(v.trim())) {
-            return isa;
+        let value = std::env::var("BNORM_MAX_ISA").ok();
+        match parse_cap(value.as_deref()) {
+            Ok(Some(isa)) => return isa,
+            Ok(None) => {}
+            Err(bad) => {
+                // Once per process: `cap` runs when detection is first made (two threads racing on the
+                // first call may both print it; the result is the same).
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "bnorm: BNORM_MAX_ISA={bad:?} is not a tier (scalar, portable, avx2, avx512): ignored"
+                );
+            }
         }
     }
     Isa::Avx512
+}
+
+/// Reads a `BNORM_MAX_ISA` value: `Ok(None)` for no cap (unset or empty), `Ok(Some(isa))` for a tier's
+/// name (surrounding white space and ASCII case ignored), `Err(value)` for anything else.
+#[cfg(feature = "std")]
+fn parse_cap(value: Option<&str>) -> Result<Option<Isa>, &str> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => Isa::from_name(v).map(Some).ok_or(v),
+    }
 }
 
 /// A handle on one available tier. Holding a `Kernels` proves that the CPU supports its tier; its
@@ -140,5 +163,23 @@ impl Kernels {
     /// The tier these kernels run.
     pub const fn isa(&self) -> Isa {
         self.isa
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::{Isa, parse_cap};
+
+    #[test]
+    fn cap_values() {
+        assert_eq!(parse_cap(None), Ok(None));
+        assert_eq!(parse_cap(Some("")), Ok(None));
+        assert_eq!(parse_cap(Some("  ")), Ok(None));
+        assert_eq!(parse_cap(Some("scalar")), Ok(Some(Isa::Scalar)));
+        assert_eq!(parse_cap(Some(" AVX2\n")), Ok(Some(Isa::Avx2)));
+        assert_eq!(parse_cap(Some("Portable")), Ok(Some(Isa::Portable)));
+        assert_eq!(parse_cap(Some("avx512")), Ok(Some(Isa::Avx512)));
+        assert_eq!(parse_cap(Some("sse9")), Err("sse9"));
+        assert_eq!(parse_cap(Some("avx-512")), Err("avx-512"));
     }
 }

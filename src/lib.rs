@@ -62,6 +62,8 @@
 //! - Variances are population variances (divided by the count N·S).
 //! - `1/√(var + ε)` is computed with a correctly rounded square root and division, never with an
 //!   approximate reciprocal; where `var + ε == 0` the normalised value is 0 (output β), never NaN.
+//! - Where γ/√(var + ε) overflows f32, outputs are still the normalised values: x = mean gives β, and an
+//!   output is ±∞ only where its exact value is beyond f32's range.
 //! - A NaN or infinity poisons only its own channel's statistics and outputs.
 //! - Every operation validates all of its arguments first: an `Err` means no output was touched. No
 //!   public function panics.

@@ -46,3 +46,56 @@ fn kernels_exist_only_for_available_tiers() {
     assert_eq!(Kernels::detect().isa(), Isa::detect());
     assert_eq!(Isa::from_name("sse9"), None);
 }
+
+/// Runs this test binary again, as a child process with `BNORM_MAX_ISA=value`, executing only
+/// `child_prints_detected_tier`; returns (its stdout, its stderr).
+fn run_child(value: &str) -> (String, String) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "child_prints_detected_tier", "--nocapture", "--test-threads=1"])
+        .env("BNORM_MAX_ISA", value)
+        .env("BNORM_DISPATCH_CHILD", "1")
+        .output()
+        .expect("run the test binary as a child");
+    assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// In a child process (see `run_child`): prints the detected tier. Does nothing in a normal run.
+#[test]
+fn child_prints_detected_tier() {
+    if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
+        println!("detected={}", Isa::detect());
+    }
+}
+
+/// `BNORM_MAX_ISA` with a tier's name caps detection silently; an empty value is no cap; anything else
+/// is ignored with one warning on stderr.
+#[test]
+fn cap_is_read_and_unknown_values_are_reported() {
+    if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
+        return;
+    }
+    // The uncapped best tier, as an empty value reports it.
+    let (out, err) = run_child("");
+    assert!(!err.contains("BNORM_MAX_ISA"), "empty value warned: {err}");
+    // The harness prints `test child_prints_detected_tier ... detected=<tier>` on one line.
+    let best = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("detected="))
+        .unwrap_or_else(|| panic!("no tier in the child's output: {out}"))
+        .to_owned();
+    let (out, err) = run_child("scalar");
+    assert!(out.contains("detected=scalar"), "{out}");
+    assert!(!err.contains("BNORM_MAX_ISA"), "a valid cap warned: {err}");
+    for bad in ["sse9", "avx-512"] {
+        let (out, err) = run_child(bad);
+        assert!(
+            out.contains(&format!("detected={best} ")) || out.contains(&format!("detected={best}\n")),
+            "{bad}: {out}"
+        );
+        let warning =
+            format!("bnorm: BNORM_MAX_ISA=\"{bad}\" is not a tier (scalar, portable, avx2, avx512): ignored");
+        assert_eq!(err.matches(&warning).count(), 1, "{bad}: stderr was {err:?}");
+    }
+}

@@ -258,3 +258,191 @@ fn deterministic_and_alignment_independent() {
         }
     }
 }
+
+/// The exact value of `(x − m)·γ/√(var + ε) + β` rounded to f32 (from f64, which holds every such
+/// product): ±∞ where it is beyond f32's range.
+fn exact_output(x: f32, m: f32, var: f32, gamma: f32, beta: f32, eps: f32) -> f64 {
+    let d = var as f64 + eps as f64;
+    let inv = if d == 0.0 { 0.0 } else { 1.0 / d.sqrt() };
+    (x as f64 - m as f64) * gamma as f64 * inv + beta as f64
+}
+
+/// Whether `got` is `want` (f64) to within `ulps` f32 ulps, with ±∞ where `want` rounds beyond f32's
+/// range (overflow) and only there.
+fn close(got: f32, want: f64, ulps: f64) -> bool {
+    let limit = f32::MAX as f64 + 2f64.powi(103); // halfway to the next power of two: rounds to ∞
+    if want.abs() >= limit * (1.0 + 4.0 * U) {
+        return got.is_infinite() && (got > 0.0) == (want > 0.0);
+    }
+    if want.abs() <= f32::MAX as f64 * (1.0 - 4.0 * U) {
+        return got.is_finite()
+            && (got as f64 - want).abs() <= ulps * U * want.abs() + f64::from(f32::from_bits(1));
+    }
+    true // within a few ulps of the overflow threshold: either is a correct rounding
+}
+
+/// Where γ/√(var + ε) overflows f32 (|γ| > 2^53), outputs are still the normalised values: x = mean
+/// gives β (not 0·∞ = NaN), an output is ±∞ only where its exact value overflows, every other output is
+/// within a few ulps — in training and inference, in place and not, on every tier and layout; the other
+/// channels' outputs are bit-identical to a run without the huge γ.
+#[test]
+fn overflowing_scale_is_not_nan() {
+    for k in tiers("overflowing_scale_is_not_nan") {
+        for layout in LAYOUTS {
+            let shape = Shape::new(2, 6, 9);
+            let d = TensorDesc::new(shape, layout).unwrap();
+            // 0: constant 5 (var 0); 1: ±1e-10 (var 1e-20, scale 1e10·γ); 2: values whose normalised form
+            // is tiny or huge; 3..5: ordinary.
+            let value = |c: usize, i: usize| -> f32 {
+                match c {
+                    0 => 5.0,
+                    1 => {
+                        if i.is_multiple_of(2) {
+                            1e-10
+                        } else {
+                            -1e-10
+                        }
+                    }
+                    2 => [0.0, 1.0, -1.0, 0.75, 0.25, 1e-30, -3e-20, 0.5, -0.25][i % 9],
+                    _ => (i as f32 * 0.37 + c as f32).sin(),
+                }
+            };
+            let mut x = vec![f32::NAN; d.len()];
+            for c in 0..shape.c {
+                for n in 0..shape.n {
+                    for s in 0..shape.spatial {
+                        x[oracle::offset(shape, layout, n, c, s)] = value(c, n * shape.spatial + s);
+                    }
+                }
+            }
+            let gamma = [f32::MAX, 1e30, f32::MAX, 1.5, -2.0, 0.5];
+            let beta = [0.5, -1.0, 0.0, 0.25, 1.0, -3.0];
+            let tame: Vec<f32> =
+                gamma.iter().enumerate().map(|(c, &g)| if c < 3 { 1.0 } else { g }).collect();
+            for eps in [0.0, 1e-5] {
+                // Training.
+                let (mut m, mut v, mut y) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; d.len()]);
+                k.forward_training(&d, &x, &mut y, &Affine::new(&gamma, &beta, eps), &mut m, &mut v).unwrap();
+                let mut xy = x.clone();
+                let (mut m2, mut v2) = (vec![0.0; 6], vec![0.0; 6]);
+                k.forward_training_in_place(&d, &mut xy, &Affine::new(&gamma, &beta, eps), &mut m2, &mut v2)
+                    .unwrap();
+                assert!(
+                    y.iter().zip(&xy).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} {layout:?}: in place",
+                    k.isa()
+                );
+                let (mut mt, mut vt, mut yt) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; d.len()]);
+                k.forward_training(&d, &x, &mut yt, &Affine::new(&tame, &beta, eps), &mut mt, &mut vt)
+                    .unwrap();
+                assert_eq!((m[0], v[0]), (5.0, 0.0));
+                for c in 0..shape.c {
+                    for n in 0..shape.n {
+                        for s in 0..shape.spatial {
+                            let i = oracle::offset(shape, layout, n, c, s);
+                            let what =
+                                format!("{} {layout:?} eps {eps} train c{c} x {}: y {}", k.isa(), x[i], y[i]);
+                            if c >= 3 {
+                                assert_eq!(y[i].to_bits(), yt[i].to_bits(), "{what}: other channels changed");
+                            } else if c == 0 {
+                                assert_eq!(y[i], 0.5, "{what}");
+                            } else {
+                                let want = exact_output(x[i], m[c], v[c], gamma[c], beta[c], eps);
+                                assert!(close(y[i], want, 8.0), "{what} vs {want:e}");
+                            }
+                        }
+                    }
+                }
+                // Inference with finite statistics: mean 0 and var 0.25 for channel 2 (scale 2·f32::MAX).
+                let mean = [5.0, 0.0, 0.0, 0.1, -0.2, 0.3];
+                let var = [0.0, 1e-20, 0.25, 0.5, 2.0, 1.0];
+                let mut yi = vec![0.0; d.len()];
+                k.forward_inference(&d, &x, &mut yi, &Affine::new(&gamma, &beta, eps), &mean, &var).unwrap();
+                let mut xyi = x.clone();
+                k.forward_inference_in_place(&d, &mut xyi, &Affine::new(&gamma, &beta, eps), &mean, &var)
+                    .unwrap();
+                assert!(
+                    yi.iter().zip(&xyi).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} {layout:?}: in place",
+                    k.isa()
+                );
+                for c in 0..3 {
+                    for n in 0..shape.n {
+                        for s in 0..shape.spatial {
+                            let i = oracle::offset(shape, layout, n, c, s);
+                            let want = exact_output(x[i], mean[c], var[c], gamma[c], beta[c], eps);
+                            let what = format!(
+                                "{} {layout:?} eps {eps} infer c{c} x {}: y {}",
+                                k.isa(),
+                                x[i],
+                                yi[i]
+                            );
+                            assert!(!yi[i].is_nan(), "{what}");
+                            assert!(close(yi[i], want, 8.0), "{what} vs {want:e}");
+                        }
+                    }
+                }
+                let case = Case { shape, layout, x: x.clone(), gamma: None, beta: None, eps };
+                check_padding(&case, &yi).unwrap();
+                check_padding(&case, &y).unwrap();
+            }
+        }
+    }
+}
+
+/// Issue 9's subnormal recipe: `x[j] = ±f32::from_bits(1 + h)` with
+/// `h = (j + seed·1_000_003)·2654435761 mod (2²³ − 1)`, negative where `(h >> 3) & 1` is set.
+fn subnormal_recipe(seed: u64, count: usize) -> Vec<f32> {
+    (0..count as u64)
+        .map(|j| {
+            let h = (j + seed * 1_000_003).wrapping_mul(2_654_435_761) % ((1 << 23) - 1);
+            let v = f32::from_bits(1 + h as u32);
+            if (h >> 3) & 1 == 1 { -v } else { v }
+        })
+        .collect()
+}
+
+/// The mean of subnormal data: within the bound the README states, in subnormal ulps (2⁻¹⁴⁹), on every
+/// tier and layout, over many seeds of the recipe.
+#[test]
+#[cfg_attr(miri, ignore = "slow under miri")]
+fn subnormal_mean_within_bound() {
+    let ulp = f32::from_bits(1) as f64;
+    for k in tiers("subnormal_mean_within_bound") {
+        let mut worst = 0f64;
+        for layout in LAYOUTS {
+            for (shape, seeds) in [(Shape::new(1, 1, 20000), 0..24u64), (Shape::new(4, 3, 700), 24..32)] {
+                let d = TensorDesc::new(shape, layout).unwrap();
+                for seed in seeds {
+                    let vals = subnormal_recipe(seed, shape.n * shape.c * shape.spatial);
+                    let mut x = vec![f32::NAN; d.len()];
+                    let mut i = 0;
+                    for c in 0..shape.c {
+                        for n in 0..shape.n {
+                            for s in 0..shape.spatial {
+                                x[oracle::offset(shape, layout, n, c, s)] = vals[i];
+                                i += 1;
+                            }
+                        }
+                    }
+                    let (mut m, mut v) = (vec![0.0; shape.c], vec![0.0; shape.c]);
+                    k.moments(&d, &x, &mut m, &mut v).unwrap();
+                    let (rm, _) = oracle::moments(shape, layout, &x);
+                    for c in 0..shape.c {
+                        let err = (m[c] as f64 - rm[c]).abs() / ulp;
+                        worst = worst.max(err);
+                        assert!(
+                            err <= SUBNORMAL_MEAN_ULPS,
+                            "{} {layout:?} seed {seed} c{c}: {err} ulp",
+                            k.isa()
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!("{}: subnormal mean error at most {worst:.2} ulp", k.isa());
+    }
+}
+
+/// The bound the README states for the mean of subnormal data, in subnormal ulps.
+const SUBNORMAL_MEAN_ULPS: f64 = 4.0;

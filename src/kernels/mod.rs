@@ -34,6 +34,8 @@ pub(crate) const TILE: usize = 4;
 pub(crate) trait Io {
     /// The input values.
     fn input(&self) -> &[f32];
+    /// The output values (the input's buffer, in place).
+    fn output(&mut self) -> &mut [f32];
     fn load<S: Simd>(&self, s: S, at: usize) -> S::V;
     /// Loads `n < LANES` values at `at`; other lanes are `fill`.
     fn load_part<S: Simd>(&self, s: S, at: usize, n: usize, fill: S::V) -> S::V;
@@ -130,6 +132,10 @@ impl Io for Split<'_> {
         self.x
     }
     #[inline(always)]
+    fn output(&mut self) -> &mut [f32] {
+        self.y
+    }
+    #[inline(always)]
     fn load<S: Simd>(&self, s: S, at: usize) -> S::V {
         s.load(&self.x[at..])
     }
@@ -158,6 +164,10 @@ impl Io for Split<'_> {
 impl Io for InPlace<'_> {
     #[inline(always)]
     fn input(&self) -> &[f32] {
+        self.xy
+    }
+    #[inline(always)]
+    fn output(&mut self) -> &mut [f32] {
         self.xy
     }
     #[inline(always)]

@@ -20,7 +20,37 @@ pub(crate) struct Params<'a> {
     pub scale: &'a [f32],
     /// Added after scaling; `None` means 0.
     pub shift: Option<&'a [f32]>,
+    /// Whether an infinite `scale` is a scale γ/√(var + ε) that overflowed f32 (the statistics modes):
+    /// such a channel is copied through unchanged (`m = 0`, `scale = 1`, `shift = −0`) and finished by
+    /// [`fix_overflowed`](super::ops). `false` for `channel_affine`, whose scales are the caller's.
+    pub fixup: bool,
 }
+
+impl Params<'_> {
+    /// `(m, scale, shift)` of channel `j` as the vector pass applies them.
+    #[inline(always)]
+    pub(crate) fn channel(&self, j: usize) -> (f32, f32, f32) {
+        let sc = self.scale[j];
+        if self.fixup && sc.is_infinite() {
+            // `(x − 0)·1 + (−0)` is `x` bit for bit, −0 and NaN included (fused or not).
+            return (0.0, 1.0, -0.0);
+        }
+        (self.mean.map_or(0.0, |m| m[j]), sc, self.shift.map_or(0.0, |t| t[j]))
+    }
+}
+
+/// The scale γ/√(var + ε) divided by 2¹²⁸, for a channel where it overflows f32: finite whenever γ is
+/// (1/√(var + ε) ≤ 2^74.5, since var + ε is 0 or at least 2⁻¹⁴⁹), and computed from the same correctly
+/// rounded 1/√ as [`fill_scale`], so it is the same bits on every tier. (|γ| > 2^53 here, so γ·2⁻¹²⁸ is
+/// a normal number and exact.)
+pub(crate) fn reduced_scale(var: f32, gamma: f32, eps: f32) -> f32 {
+    let inv = crate::arch::scalar::Scalar.inv_sqrt_or_zero(var + eps);
+    (gamma * TWO_M64 * TWO_M64) * inv
+}
+
+/// 2⁻⁶⁴ and 2⁶⁴: a reduced scale times 2⁶⁴ twice is the overflowing scale (2¹²⁸ is not an f32).
+pub(crate) const TWO_M64: f32 = 1.0 / 18_446_744_073_709_551_616.0;
+pub(crate) const TWO_64: f32 = 18_446_744_073_709_551_616.0;
 
 /// `scale[j] = gamma[j] / √(var[j] + eps)` for `j < var.len() ≤ G` (1/√ correctly rounded, and 0
 /// where `var + eps == 0`). `gamma: None` means 1.
@@ -177,9 +207,7 @@ impl<const N: usize> Periodic<N> {
         let mut c = 0;
         for i in 0..n {
             if c < valid {
-                out.m[i] = p.mean.map_or(0.0, |m| m[c]);
-                out.sc[i] = p.scale[c];
-                out.sh[i] = p.shift.map_or(0.0, |t| t[c]);
+                (out.m[i], out.sc[i], out.sh[i]) = p.channel(c);
                 if let Some(k) = &mut out.keep {
                     k[i] = f32::from_bits(u32::MAX);
                 }

@@ -8,7 +8,7 @@
 //! data), then the chunk is normalised while its data is still in cache, so x comes from memory once.
 //! Outputs far larger than the cache are written with non-temporal stores.
 
-use super::normalize::{PBUF_BLOCK, Params, Periodic, Uniform, fill_scale, span};
+use super::normalize::{PBUF_BLOCK, Params, Periodic, TWO_64, Uniform, fill_scale, reduced_scale, span};
 use super::stats::{PlaneStats, contiguous_moments};
 use super::{GROUP, InPlace, Io, Prefetch, Rows, Split, WIDE_GROUP};
 use crate::arch::Simd;
@@ -239,8 +239,9 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
     while let Some((c0, c1)) = chunks.next() {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
         moments_range::<S, G>(s, desc, io.input(), c0, c1, m, v);
-        fill_scale(s, v, gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
-        let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: beta.map(|b| &b[c0..c1]) };
+        let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
+        fill_scale(s, v, g, eps, &mut scratch);
+        let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: b, fixup: true };
         // While this chunk is normalised (its x from cache), the next chunk's x is fetched.
         // (Only when both chunks fit in L2 together: a larger chunk would evict the one being read.)
         let mut pf = match chunks.peek() {
@@ -248,6 +249,12 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
             _ => Prefetch::none(),
         };
         normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
+        if overflowed(p.scale) {
+            if stream {
+                s.fence();
+            }
+            fix_overflowed(desc, io.output(), c0, &p, v, g, eps);
+        }
     }
     if stream {
         s.fence();
@@ -350,13 +357,22 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
                     mean: Some(&mean[c0..c1]),
                     scale: &scratch[..c1 - c0],
                     shift: beta.map(|b| &b[c0..c1]),
+                    fixup: true,
                 }
             }
             ParamSrc::Affine { scale, shift } => {
-                Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]) }
+                Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]), fixup: false }
             }
         };
         normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
+        if let ParamSrc::Stats { var, gamma, eps, .. } = src
+            && overflowed(p.scale)
+        {
+            if stream {
+                s.fence();
+            }
+            fix_overflowed(desc, io.output(), c0, &p, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps);
+        }
     }
     if stream {
         s.fence();
@@ -402,10 +418,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
         Kind::Planes => {
             for n in (0..sh.n).map(|i| order(i, sh.n)) {
                 for c in (c0..c1).map(|i| c0 + order(i - c0, c1 - c0)) {
-                    let j = c - c0;
-                    let m = p.mean.map_or(0.0, |m| m[j]);
-                    let t = p.shift.map_or(0.0, |t| t[j]);
-                    let u = Uniform::new(s, (m, p.scale[j], t));
+                    let u = Uniform::new(s, p.channel(c - c0));
                     span(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, &u, 0, stream, pf);
                 }
             }
@@ -427,6 +440,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
                         mean: p.mean.map(|q| &q[r.clone()]),
                         scale: &p.scale[r.clone()],
                         shift: p.shift.map(|q| &q[r.clone()]),
+                        fixup: p.fixup,
                     };
                     *pp = Periodic::new(s, &bp, b);
                 }
@@ -434,6 +448,46 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
                     for cb in (g0..g1).map(|i| g0 + order(i - g0, g1 - g0)) {
                         span(s, io, (n * blocks + cb) * plane, plane, &pps[cb - g0], 0, stream, pf);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Whether any scale of a statistics-mode group overflowed f32 (γ/√(var + ε) = ±∞). One scan of the
+/// group's scales per group: the vector pass itself never tests for it.
+#[inline(always)]
+fn overflowed(scales: &[f32]) -> bool {
+    scales.iter().any(|v| v.is_infinite())
+}
+
+/// Finishes the channels of a group (first channel `c0`) whose scale overflowed: the vector pass copied
+/// their input to `y` unchanged, and each becomes `((x − m)·s·2⁶⁴)·2⁶⁴ + β` with `s` the
+/// [`reduced_scale`]. The product then overflows only where its exact value does (|x − m|·|γ|/√(var+ε)
+/// beyond f32's range), and x = m gives β exactly, where `(x − m)·∞` would be NaN. Scalar code, run only
+/// for such channels (|γ| > 2^53); two roundings (product, then β) where the vector pass has one.
+#[inline(never)]
+fn fix_overflowed(
+    desc: &TensorDesc,
+    y: &mut [f32],
+    c0: usize,
+    p: &Params<'_>,
+    var: &[f32],
+    gamma: Option<&[f32]>,
+    eps: f32,
+) {
+    let sh = desc.shape();
+    for (j, &scale) in p.scale.iter().enumerate() {
+        if !scale.is_infinite() {
+            continue;
+        }
+        let s = reduced_scale(var[j], gamma.map_or(1.0, |g| g[j]), eps);
+        let m = p.mean.map_or(0.0, |m| m[j]);
+        let beta = p.shift.map_or(0.0, |t| t[j]);
+        for n in 0..sh.n {
+            for i in 0..sh.spatial {
+                if let Some(at) = desc.offset(n, c0 + j, i) {
+                    y[at] = ((y[at] - m) * s * TWO_64) * TWO_64 + beta;
                 }
             }
         }

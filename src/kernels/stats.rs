@@ -266,8 +266,18 @@ struct Block<'a> {
     stride: usize,
 }
 
-/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the `b` rows of `block`,
-/// summed as `Σ(x − k)/b` so that it overflows only where two values differ by more than `f32::MAX`.
+/// `2^-⌈log₂ b⌉`: the largest power of two at most `1/b`. Terms scaled by it are exact (a power of two)
+/// and their sum cannot overflow where the terms do not; dividing the sum by `b·p` (exact, in (½, 1])
+/// then gives `Σ/b` correctly rounded whenever the scaled sum was exact. `b ≥ 1`.
+#[inline(always)]
+fn pow2_below_inv(b: usize) -> f32 {
+    1.0 / b.max(1).next_power_of_two() as f32
+}
+
+/// Replaces `k0` of lanes `col..col + n` (from the first row) by the mean of the `b` rows of `block`:
+/// `k + Σ((x − k)·p) / (b·p)` with `p` from [`pow2_below_inv`]. It overflows only where two values
+/// differ by more than `f32::MAX`, and it is exactly the block's mean whenever the sum is exact — paired
+/// values `μ ± d` with `d` a power of two give a shift of exactly `μ`, so their statistics are exact.
 #[inline(always)]
 fn shift_vector<S: Simd, const N: usize>(
     s: S,
@@ -280,16 +290,23 @@ fn shift_vector<S: Simd, const N: usize>(
 ) {
     let l = S::LANES;
     let k = s.load(&st.k0[col..]);
-    let inv = s.splat(1.0 / b as f32);
+    let p = pow2_below_inv(b);
+    let scale = s.splat(p);
     let mut s1 = s.splat(0.0);
     for &(start, count) in block.runs {
         for r in 0..count {
             let at = start + r * block.stride + col;
             let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
-            s1 = s.mul_add(s.sub(v, k), inv, s1);
+            s1 = s.mul_add(s.sub(v, k), scale, s1);
         }
     }
-    s.store(&mut st.k0[col..], s.add(k, s1));
+    // One division per lane, once per channel: scalar.
+    let mut sums = [0.0f32; 16];
+    s.store(&mut sums, s1);
+    let bp = b as f32 * p;
+    for (k0, sum) in st.k0[col..col + n].iter_mut().zip(sums) {
+        *k0 += sum / bp;
+    }
 }
 
 /// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
@@ -488,17 +505,18 @@ impl<S: Simd> PlaneStats<S> {
     /// of additions let the rounding of structured data — long constant runs — add up).
     const BLOCK: usize = 64 * S::LANES;
 
-    /// Empty statistics whose shift is the mean of the first block of `first` (see `rows_moments`).
+    /// Empty statistics whose shift is the mean of the first block of `first` (see `rows_moments` and
+    /// `shift_vector`: exact whenever the scaled sum is).
     #[inline(always)]
     pub(crate) fn new(s: S, first: &[f32]) -> Self {
         let zero = s.splat(0.0);
         let head = &first[..first.len().min(Self::BLOCK)];
         let k = head.first().copied().unwrap_or(0.0);
         let mut a1 = [zero; 4];
-        let inv = s.splat(1.0 / head.len().max(1) as f32);
-        // Σ((x − k)/n): overflows only where two values differ by more than f32::MAX.
-        accumulate_scaled(s, head, s.splat(k), inv, &mut a1);
-        let k0 = k + s.hsum(sum_tree(s, &a1));
+        let p = pow2_below_inv(head.len());
+        // Σ((x − k)·p): overflows only where two values differ by more than f32::MAX.
+        accumulate_scaled(s, head, s.splat(k), s.splat(p), &mut a1);
+        let k0 = k + s.hsum(sum_tree(s, &a1)) / (head.len().max(1) as f32 * p);
         PlaneStats {
             k0,
             chunk: (0.0, 0.0, 0),
