@@ -3,7 +3,11 @@
 //! benchmark shapes and prints GB/s and % of the limit. Writes the same as CSV and an SVG chart under
 //! `target/roofline/`.
 //!
-//! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME]`
+//! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME] [--offset K]`
+//!
+//! `--offset K` places x and y K floats past a 64-byte boundary instead of on it: `--offset 4` is what
+//! `Vec<f32>` from the global allocator usually gives (16-byte aligned), so the user-buffer case is
+//! measured beside the aligned one.
 //!
 //! GB/s follows `shared/peers/`: 2 × tensor bytes (x read once, y written once) per median call, one
 //! thread, preallocated outputs; `moments` counts the tensor once (it only reads). `--quick` times the
@@ -75,6 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = args.iter().any(|a| a == "--quick");
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let filter = arg("--filter");
+    let offset: usize =
+        arg("--offset").map_or(Ok(0), |v| v.parse()).map_err(|_| "--offset takes a whole number")?;
+    if offset >= 16 {
+        return Err("--offset is in floats past a 64-byte line: 0 to 15".into());
+    }
     let isas: Vec<Isa> = match arg("--isa") {
         Some(n) => {
             vec![Isa::from_name(&n).filter(|i| i.is_available()).ok_or("unknown or unavailable --isa")?]
@@ -83,7 +92,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Isa::available().collect(),
     };
     let best_k = Kernels::detect();
-    println!("bnorm roofline: detected {}, timing {:?}, one thread", best_k.isa(), isas);
+    println!(
+        "bnorm roofline: detected {}, timing {:?}, one thread, buffers {} floats past a 64-byte line",
+        best_k.isa(),
+        isas,
+        offset
+    );
     println!("GB/s = 2 × tensor bytes / median call (moments: 1 ×); limit = best of the in-process passes\n");
     println!("| shape | layout | op | isa | GB/s | limit GB/s | % of limit |");
     println!("|---|---|---|---|---|---|---|");
@@ -108,9 +122,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let max_len =
             LAYOUTS.iter().map(|&(_, l)| TensorDesc::new(shape, l).map_or(0, |d| d.len())).max().unwrap_or(0);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        // 64-byte aligned buffers, as oneDNN and stream_limit.c use (the benches use odd offsets).
-        let mut xbuf = vec![0.0f32; max_len + 16];
-        let xo = xbuf.as_ptr().align_offset(64);
+        // 64-byte aligned buffers, as oneDNN and stream_limit.c use, or `offset` floats past that.
+        let mut xbuf = vec![0.0f32; max_len + 32];
+        let xo = xbuf.as_ptr().align_offset(64) + offset;
         for (i, v) in xbuf[xo..xo + max_len].iter_mut().enumerate() {
             state ^= state << 13;
             state ^= state >> 7;
@@ -118,8 +132,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             *v = (i % c) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32;
         }
         let x = &xbuf[xo..xo + max_len];
-        let mut ybuf = vec![0.0f32; max_len + 16];
-        let yo = ybuf.as_ptr().align_offset(64);
+        let mut ybuf = vec![0.0f32; max_len + 32];
+        let yo = ybuf.as_ptr().align_offset(64) + offset;
         let y = &mut ybuf[yo..yo + max_len];
         let tlen = shape.count() * c;
         let lim = limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 });

@@ -57,6 +57,9 @@ pub(crate) trait Simd: Copy {
     fn hsum(self, v: Self::V) -> f32;
     /// Bitwise `a & b` (`b` a lane mask of all-ones or all-zeros bit patterns).
     fn and(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lanes `0..k` from `a`, lanes `k..LANES` from `b` (`0 < k < LANES`; a register blend, no memory
+    /// access but a lane-mask constant).
+    fn blend_first(self, k: usize, a: Self::V, b: Self::V) -> Self::V;
     /// Stores like `store`, bypassing the caches (non-temporal) where the tier has such stores and the
     /// first element is aligned to the vector size; an ordinary store otherwise.
     fn stream(self, s: &mut [f32], v: Self::V) {
@@ -198,6 +201,10 @@ mod tests {
             s.store_part(&mut out[..n], va);
             assert_eq!(&out[..n], &a[..n]);
             assert!(out[n..].iter().all(|v| v.is_nan()), "store_part({n}) wrote past the slice");
+        }
+        for k in 1..l {
+            let want: Vec<f32> = (0..l).map(|i| if i < k { a[i] } else { b[i] }).collect();
+            assert_eq!(lanes(s.blend_first(k, va, vb)), want, "blend_first({k})");
         }
         let ones = s.splat(f32::from_bits(u32::MAX));
         assert_eq!(lanes(s.and(va, ones)), a);

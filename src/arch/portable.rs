@@ -75,4 +75,9 @@ impl Simd for Portable {
     fn and(self, a: f32x4, b: f32x4) -> f32x4 {
         a & b
     }
+    #[inline(always)]
+    fn blend_first(self, k: usize, a: f32x4, b: f32x4) -> f32x4 {
+        // Lane index < k as a mask (indices and k are small integers: exact in f32).
+        f32x4::new([0.0, 1.0, 2.0, 3.0]).simd_lt(f32x4::splat(k as f32)).select(a, b)
+    }
 }

@@ -76,4 +76,9 @@ impl Simd for Scalar {
     fn and(self, a: f32, b: f32) -> f32 {
         f32::from_bits(a.to_bits() & b.to_bits())
     }
+    #[inline(always)]
+    fn blend_first(self, k: usize, a: f32, b: f32) -> f32 {
+        // One lane: `0 < k < 1` cannot happen; `k ≥ 1` keeps `a`.
+        if k > 0 { a } else { b }
+    }
 }

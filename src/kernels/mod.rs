@@ -25,6 +25,9 @@ pub(crate) const WIDE_GROUP: usize = 2048;
 #[cfg(not(target_pointer_width = "64"))]
 pub(crate) const WIDE_GROUP: usize = GROUP;
 
+/// Floats per 64-byte cache line.
+pub(crate) const LINE_FLOATS: usize = 16;
+
 /// Vectors processed side by side along a row of channels (register tile).
 pub(crate) const TILE: usize = 4;
 
@@ -42,8 +45,8 @@ pub(crate) trait Io {
     fn store<S: Simd>(&mut self, s: S, at: usize, v: S::V);
     /// Stores the first `n < LANES` lanes at `at`.
     fn store_part<S: Simd>(&mut self, s: S, at: usize, n: usize, v: S::V);
-    /// How many elements the output at `at` lies past a `LANES`-element boundary.
-    fn out_phase<S: Simd>(&self, at: usize) -> usize;
+    /// How many elements the output at `at` lies past a 64-byte cache-line boundary.
+    fn out_line_phase(&self, at: usize) -> usize;
     /// Loads four consecutive vectors at `at` (one bounds check for all four).
     #[inline(always)]
     fn load4<S: Simd>(&self, s: S, at: usize) -> [S::V; 4] {
@@ -52,6 +55,8 @@ pub(crate) trait Io {
     }
     /// Stores four consecutive vectors at `at`, non-temporally with `stream`.
     fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool);
+    /// Stores one vector at `at`, non-temporally with `stream` (out of place only).
+    fn put<S: Simd>(&mut self, s: S, at: usize, v: S::V, stream: bool);
     /// Prefetches the input lines of the next `n` floats of `pf` (see [`Prefetch`]).
     #[inline(always)]
     fn prefetch<S: Simd>(&self, s: S, pf: &mut Prefetch, n: usize) {
@@ -152,12 +157,16 @@ impl Io for Split<'_> {
         s.store_part(&mut self.y[at..at + n], v)
     }
     #[inline(always)]
-    fn out_phase<S: Simd>(&self, at: usize) -> usize {
-        (self.y.as_ptr() as usize / 4 + at) % S::LANES
+    fn out_line_phase(&self, at: usize) -> usize {
+        (self.y.as_ptr() as usize / 4 + at) % LINE_FLOATS
     }
     #[inline(always)]
     fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool) {
         store4_into(s, &mut self.y[at..], v, stream)
+    }
+    #[inline(always)]
+    fn put<S: Simd>(&mut self, s: S, at: usize, v: S::V, stream: bool) {
+        if stream { s.stream(&mut self.y[at..], v) } else { s.store(&mut self.y[at..], v) }
     }
 }
 
@@ -187,13 +196,17 @@ impl Io for InPlace<'_> {
         s.store_part(&mut self.xy[at..at + n], v)
     }
     #[inline(always)]
-    fn out_phase<S: Simd>(&self, at: usize) -> usize {
-        (self.xy.as_ptr() as usize / 4 + at) % S::LANES
+    fn out_line_phase(&self, at: usize) -> usize {
+        (self.xy.as_ptr() as usize / 4 + at) % LINE_FLOATS
     }
     #[inline(always)]
     fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], _stream: bool) {
         // In place the lines are already cached and owned: ordinary stores cost no extra traffic.
         store4_into(s, &mut self.xy[at..], v, false)
+    }
+    #[inline(always)]
+    fn put<S: Simd>(&mut self, s: S, at: usize, v: S::V, _stream: bool) {
+        s.store(&mut self.xy[at..], v)
     }
 }
 

@@ -8,7 +8,7 @@
 //! bypass the cache, and a masked tail. Each element is computed by the same operations wherever it falls,
 //! so results do not depend on alignment.
 
-use super::{Io, Prefetch, load_clamped};
+use super::{Io, LINE_FLOATS, Prefetch, load_clamped};
 use crate::arch::Simd;
 
 /// Per-channel parameters of a channel group, indexed from the group's first channel; each holds the
@@ -263,56 +263,242 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
     }
 }
 
-/// One vector of output at `at` (`n ≤ LANES` elements; partial when `n < LANES`).
-#[inline(always)]
-fn one<S: Simd, I: Io, P: Phased<S>>(s: S, io: &mut I, at: usize, n: usize, p: &P, phase: usize) {
-    let (m, sc, sh) = p.vecs(s, phase);
-    if n < S::LANES {
-        let x = io.load_part(s, at, n, m);
-        io.store_part(s, at, n, p.mask(s, phase, s.mul_add(s.sub(x, m), sc, sh)));
-    } else {
-        let x = io.load(s, at);
-        io.store(s, at, p.mask(s, phase, s.mul_add(s.sub(x, m), sc, sh)));
+/// A contiguous run of memory cut into `count` segments of `len` elements, each with its own parameters:
+/// the planes of one batch index's channels (NCHW), one batch index's planes of a group of channel blocks
+/// (blocked), or a whole channels-last tensor (one segment).
+pub(crate) trait Segments<S: Simd> {
+    /// The parameters of one segment.
+    type P: Phased<S>;
+    /// Elements per segment.
+    fn len(&self) -> usize;
+    /// Number of segments.
+    fn count(&self) -> usize;
+    /// The parameters of segment `j < count()`; phase 0 is the segment's first element.
+    fn get(&self, s: S, j: usize) -> Self::P;
+}
+
+/// NCHW planes: segment `j` is channel `j` of `p` (one channel per plane).
+pub(crate) struct PlaneSegs<'a, 'b> {
+    pub p: &'a Params<'b>,
+    pub plane: usize,
+}
+
+impl<S: Simd> Segments<S> for PlaneSegs<'_, '_> {
+    type P = Uniform<S::V>;
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.plane
+    }
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.p.scale.len()
+    }
+    #[inline(always)]
+    fn get(&self, s: S, j: usize) -> Uniform<S::V> {
+        Uniform::new(s, self.p.channel(j))
     }
 }
 
-/// Normalises the `len` elements at `at`, the first of which has phase `phase`. With `stream`, the
-/// aligned body is written with non-temporal stores; `pf` hands out lines to prefetch, as many as are
-/// written.
-#[allow(clippy::too_many_arguments)]
+/// Segments that share one set of parameters each, by reference: block planes of a group of channel
+/// blocks (`pps[j]`), or a single segment.
+pub(crate) struct RefSegs<'a, P> {
+    pub pps: &'a [P],
+    pub len: usize,
+}
+
+impl<'a, S: Simd, P: Phased<S>> Segments<S> for RefSegs<'a, P> {
+    type P = &'a P;
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.pps.len()
+    }
+    #[inline(always)]
+    fn get(&self, _s: S, j: usize) -> &'a P {
+        &self.pps[j]
+    }
+}
+
+impl<S: Simd, P: Phased<S>> Phased<S> for &P {
+    const SLOTS: bool = P::SLOTS;
+    #[inline(always)]
+    fn vecs(&self, s: S, phase: usize) -> (S::V, S::V, S::V) {
+        (**self).vecs(s, phase)
+    }
+    #[inline(always)]
+    fn mask(&self, s: S, phase: usize, y: S::V) -> S::V {
+        (**self).mask(s, phase, y)
+    }
+    #[inline(always)]
+    fn advance(&self, phase: usize, by: usize) -> usize {
+        (**self).advance(phase, by)
+    }
+    #[inline(always)]
+    fn next(&self, phase: usize) -> usize {
+        (**self).next(phase)
+    }
+    #[inline(always)]
+    fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
+        (**self).fixed(s, phase)
+    }
+}
+
+/// `y` of the vector `x` whose first lane is element `off` of segment `j`: each lane with its own
+/// segment's parameters (a vector that straddles segment boundaries blends the results lane-wise), so
+/// every element is computed by the same operations wherever it falls.
 #[inline(always)]
-pub(crate) fn span<S: Simd, I: Io, P: Phased<S>>(
+fn vector_at<S: Simd, G: Segments<S>>(s: S, g: &G, mut j: usize, off: usize, x: S::V) -> S::V {
+    let l = S::LANES;
+    let p = g.get(s, j);
+    let ph = p.advance(0, off);
+    let (m, sc, sh) = p.vecs(s, ph);
+    let mut y = p.mask(s, ph, s.mul_add(s.sub(x, m), sc, sh));
+    // Lanes before the next segment boundary.
+    let mut k = g.len() - off;
+    while k < l && j + 1 < g.count() {
+        j += 1;
+        let p = g.get(s, j);
+        // Lane k is the segment's phase 0: lane 0 is phase −k (periods divide 16·LANES).
+        let ph = p.advance(0, 16 * l - k);
+        let (m, sc, sh) = p.vecs(s, ph);
+        let yj = p.mask(s, ph, s.mul_add(s.sub(x, m), sc, sh));
+        y = s.blend_first(k, y, yj);
+        k += g.len();
+    }
+    y
+}
+
+/// Normalises the run of `g.count()` segments of `g.len()` elements at `at` (at least one element).
+///
+/// The run's whole cache lines are its body: aligned vectors, written with non-temporal stores when
+/// `stream` (whole lines only, never a partial one), parameters changing inside a vector where a
+/// segment ends there. The elements before the first and after the last whole line — at least a vector
+/// of them, or none — are written with ordinary full-width stores, the last of which overlaps the one
+/// before it; a run shorter than a vector is the only masked store. `pf` hands out lines to prefetch,
+/// as many as are written.
+#[inline(always)]
+pub(crate) fn normalize_run<S: Simd, I: Io, G: Segments<S>>(
     s: S,
     io: &mut I,
     at: usize,
-    len: usize,
-    p: &P,
-    phase: usize,
+    g: &G,
     stream: bool,
     pf: &mut Prefetch,
 ) {
     let l = S::LANES;
+    let len = g.len() * g.count();
     let end = at + len;
-    let mut i = at;
-    let mut ph = phase;
-    let mut fetched = 0;
-    // Head: up to the next output address aligned to the vector size.
-    let head = ((l - io.out_phase::<S>(i)) % l).min(len);
-    if head > 0 {
-        one(s, io, i, head, p, ph);
-        i += head;
-        ph = p.advance(ph, head);
+    if len < l {
+        let x = io.load_part(s, at, len, s.splat(0.0));
+        io.store_part(s, at, len, vector_at(s, g, 0, 0, x));
+        io.prefetch(s, pf, len);
+        return;
     }
-    match p.fixed(s, ph) {
-        Some(f) => fetched += body(s, io, i, end, &f, 0, stream, pf),
-        None => fetched += body(s, io, i, end, p, ph, stream, pf),
+    // The body: whole lines, with at least a vector's worth of elements (or none) on either side.
+    let mut a0 = at + (LINE_FLOATS - io.out_line_phase(at)) % LINE_FLOATS;
+    if a0 - at > 0 && a0 - at < l {
+        a0 += LINE_FLOATS;
     }
-    io.prefetch(s, pf, len - fetched);
+    // (A run can end before the first line boundary of the buffer: then there is no body.)
+    let mut a1 = end.saturating_sub(io.out_line_phase(end));
+    if end - a1 > 0 && end - a1 < l {
+        a1 = a1.saturating_sub(LINE_FLOATS);
+    }
+    if a1 <= a0 {
+        edge(s, io, at, at, end, g);
+    } else {
+        edge(s, io, at, at, a0, g);
+        let fetched = body_run(s, io, at, a0, a1, g, stream, pf);
+        io.prefetch(s, pf, a1 - a0 - fetched);
+        edge(s, io, at, a1, end, g);
+    }
+    io.prefetch(s, pf, len - (a1.max(a0) - a0));
 }
 
-/// The part of a span after its head: `i..end`, output aligned at `i`, first phase `ph` (0 for a
-/// [`Fixed`], whose unrolled loop's phases are the constants 0..4). Returns the floats whose lines were
-/// handed to `pf`.
+/// Elements `p..q` of the run at `at` (none, or at least a vector's worth) with ordinary full-width
+/// stores: vectors from `p` on, and one ending at `q` that overlaps the one before it. Its input is
+/// loaded before anything is stored, so in place it still reads x.
+#[inline(always)]
+fn edge<S: Simd, I: Io, G: Segments<S>>(s: S, io: &mut I, at: usize, p: usize, q: usize, g: &G) {
+    let l = S::LANES;
+    if q <= p {
+        return;
+    }
+    let seg = g.len();
+    // (An `if`, not `bool::then` with a closure: a closure would be compiled without the tier's features.)
+    let last = if (q - p).is_multiple_of(l) { None } else { Some(io.load(s, q - l)) };
+    let mut i = p;
+    while i + l <= q {
+        let r = i - at;
+        let x = io.load(s, i);
+        io.store(s, i, vector_at(s, g, r / seg, r % seg, x));
+        i += l;
+    }
+    if let Some(x) = last {
+        let r = q - l - at;
+        io.store(s, q - l, vector_at(s, g, r / seg, r % seg, x));
+    }
+}
+
+/// The whole lines `a0..a1` of the run at `at`: the vectors inside one segment through [`body`] (the
+/// unrolled loop, parameters in registers where they repeat), the vectors across a segment boundary
+/// one at a time with blended parameters. Returns the floats whose lines were handed to `pf`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn body_run<S: Simd, I: Io, G: Segments<S>>(
+    s: S,
+    io: &mut I,
+    at: usize,
+    a0: usize,
+    a1: usize,
+    g: &G,
+    stream: bool,
+    pf: &mut Prefetch,
+) -> usize {
+    let l = S::LANES;
+    let seg = g.len();
+    let mut fetched = 0;
+    let mut i = a0;
+    let (mut j, mut off) = ((a0 - at) / seg, (a0 - at) % seg);
+    while i < a1 {
+        // Whole vectors inside segment j.
+        let inside = ((seg - off).min(a1 - i) / l) * l;
+        if inside > 0 {
+            let p = g.get(s, j);
+            let ph = p.advance(0, off);
+            fetched += match p.fixed(s, ph) {
+                Some(f) => body(s, io, i, i + inside, &f, 0, stream, pf),
+                None => body(s, io, i, i + inside, &p, ph, stream, pf),
+            };
+            i += inside;
+            off += inside;
+        }
+        if off == seg {
+            (j, off) = (j + 1, 0);
+            continue;
+        }
+        if i >= a1 {
+            break;
+        }
+        // A vector across the end of segment j.
+        let y = vector_at(s, g, j, off, io.load(s, i));
+        io.put(s, i, y, stream);
+        i += l;
+        off += l;
+        while off >= seg {
+            off -= seg;
+            j += 1;
+        }
+    }
+    fetched
+}
+
+/// Whole vectors `i..end` of one segment, output aligned at `i`, first phase `ph` (0 for a [`Fixed`],
+/// whose unrolled loop's phases are the constants 0..4), non-temporal with `stream`. Returns the floats
+/// whose lines were handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn body<S: Simd, I: Io, P: Phased<S>>(
@@ -350,12 +536,11 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
         i += 4 * l;
     }
     while i + l <= end {
-        one(s, io, i, l, p, ph);
+        let (m, sc, sh) = p.vecs(s, ph);
+        let y = p.mask(s, ph, s.mul_add(s.sub(io.load(s, i), m), sc, sh));
+        io.put(s, i, y, stream);
         ph = p.next(ph);
         i += l;
-    }
-    if i < end {
-        one(s, io, i, end - i, p, ph);
     }
     fetched
 }

@@ -8,7 +8,9 @@
 //! data), then the chunk is normalised while its data is still in cache, so x comes from memory once.
 //! Outputs far larger than the cache are written with non-temporal stores.
 
-use super::normalize::{PBUF_BLOCK, Params, Periodic, TWO_64, Uniform, fill_scale, reduced_scale, span};
+use super::normalize::{
+    PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, TWO_64, fill_scale, normalize_run, reduced_scale,
+};
 use super::stats::{PlaneStats, contiguous_moments};
 use super::{GROUP, InPlace, Io, Prefetch, Rows, Split, WIDE_GROUP};
 use crate::arch::Simd;
@@ -403,24 +405,23 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
         Kind::Channels if c0 == 0 && c1 == sh.c => {
             // Whole rows: the tensor is one span whose channel repeats with the row's period.
             let period = row_len(desc);
-            let pp = Periodic::<PB>::new(s, p, period);
-            span(s, io, 0, rows * period, &pp, 0, stream, pf);
+            let pp = [Periodic::<PB>::new(s, p, period)];
+            normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
         }
         Kind::Channels => {
             // Part of each row (channel groups of a wide tensor), with the padding after the last.
             let width = row_width(desc, c0, c1);
             let stride = row_len(desc);
-            let pp = Periodic::<PB>::new(s, p, width);
+            let pp = [Periodic::<PB>::new(s, p, width)];
             for r in 0..rows {
-                span(s, io, r * stride + c0, width, &pp, 0, stream, pf);
+                normalize_run(s, io, r * stride + c0, &RefSegs { pps: &pp, len: width }, stream, pf);
             }
         }
         Kind::Planes => {
+            // One run per batch index: its planes of channels c0..c1 are contiguous.
+            let segs = PlaneSegs { p, plane: sh.spatial };
             for n in (0..sh.n).map(|i| order(i, sh.n)) {
-                for c in (c0..c1).map(|i| c0 + order(i - c0, c1 - c0)) {
-                    let u = Uniform::new(s, p.channel(c - c0));
-                    span(s, io, (n * sh.c + c) * sh.spatial, sh.spatial, &u, 0, stream, pf);
-                }
+                normalize_run(s, io, (n * sh.c + c0) * sh.spatial, &segs, stream, pf);
             }
         }
         Kind::Blocked(b) => {
@@ -444,10 +445,10 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
                     };
                     *pp = Periodic::new(s, &bp, b);
                 }
+                // One run per batch index: its planes of the group's blocks are contiguous.
+                let segs = RefSegs { pps: &pps[..g1 - g0], len: plane };
                 for n in (0..sh.n).map(|i| order(i, sh.n)) {
-                    for cb in (g0..g1).map(|i| g0 + order(i - g0, g1 - g0)) {
-                        span(s, io, (n * blocks + cb) * plane, plane, &pps[cb - g0], 0, stream, pf);
-                    }
+                    normalize_run(s, io, (n * blocks + g0) * plane, &segs, stream, pf);
                 }
             }
         }

@@ -130,6 +130,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_and_ps(a, b) }
     }
     #[inline(always)]
+    fn blend_first(self, k: usize, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: token proves AVX; `mask(k)` has its first `k` lanes set, and blendv takes `a` there.
+        unsafe { _mm256_blendv_ps(b, a, _mm256_castsi256_ps(self.mask(k))) }
+    }
+    #[inline(always)]
     fn stream(self, s: &mut [f32], v: __m256) {
         let s = &mut s[..8];
         if (s.as_ptr() as usize).is_multiple_of(32) {

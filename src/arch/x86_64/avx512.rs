@@ -120,6 +120,12 @@ impl Simd for Avx512 {
         unsafe { _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b))) }
     }
     #[inline(always)]
+    fn blend_first(self, k: usize, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: token proves AVX-512F; the blend takes its second operand (`a`) where the opmask
+        // (lanes 0..k) is set.
+        unsafe { _mm512_mask_blend_ps(kmask(k), b, a) }
+    }
+    #[inline(always)]
     fn stream(self, s: &mut [f32], v: __m512) {
         let s = &mut s[..16];
         if (s.as_ptr() as usize).is_multiple_of(64) {
