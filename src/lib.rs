@@ -83,6 +83,7 @@ mod dispatch;
 mod error;
 mod kernels;
 mod layout;
+mod tuning;
 
 pub use api::{
     Affine, channel_affine, channel_affine_in_place, forward_inference, forward_inference_in_place,
@@ -98,6 +99,12 @@ pub use layout::{Layout, Shape, TensorDesc};
 pub mod __bench {
     use crate::Kernels;
     use crate::kernels::ops::Call;
+    pub use crate::tuning::Tuning;
+
+    /// The size thresholds in force on this CPU (see `src/tuning.rs`).
+    pub fn tuning() -> Tuning {
+        crate::tuning::get()
+    }
 
     /// Reads every element of `x` once (a vector sum); returns the sum.
     pub fn read_pass(k: &Kernels, x: &[f32]) -> f32 {

@@ -50,10 +50,15 @@ fn kernels_exist_only_for_available_tiers() {
 /// Runs this test binary again, as a child process with `BNORM_MAX_ISA=value`, executing only
 /// `child_prints_detected_tier`; returns (its stdout, its stderr).
 fn run_child(value: &str) -> (String, String) {
+    run_child_with(&[("BNORM_MAX_ISA", value)])
+}
+
+/// [`run_child`] with the environment variables `vars`.
+fn run_child_with(vars: &[(&str, &str)]) -> (String, String) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let out = std::process::Command::new(exe)
         .args(["--exact", "child_prints_detected_tier", "--nocapture", "--test-threads=1"])
-        .env("BNORM_MAX_ISA", value)
+        .envs(vars.iter().copied())
         .env("BNORM_DISPATCH_CHILD", "1")
         .output()
         .expect("run the test binary as a child");
@@ -65,7 +70,14 @@ fn run_child(value: &str) -> (String, String) {
 #[test]
 fn child_prints_detected_tier() {
     if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
-        println!("detected={}", Isa::detect());
+        let t = bnorm::__bench::tuning();
+        println!(
+            "detected={} stream={} chunk={} prefetch={}",
+            Isa::detect(),
+            t.stream_min_bytes,
+            t.train_chunk_bytes,
+            t.prefetch_bytes
+        );
     }
 }
 
@@ -98,4 +110,24 @@ fn cap_is_read_and_unknown_values_are_reported() {
             format!("bnorm: BNORM_MAX_ISA=\"{bad}\" is not a tier (scalar, portable, avx2, avx512): ignored");
         assert_eq!(err.matches(&warning).count(), 1, "{bad}: stderr was {err:?}");
     }
+}
+
+/// The size thresholds come from the CPU's caches; `BNORM_STREAM_MIN_BYTES`, `BNORM_TRAIN_CHUNK_BYTES`
+/// and `BNORM_PREFETCH_BYTES` override them; a value that is not a whole number is ignored with a warning.
+#[test]
+fn tuning_overrides_are_read_and_bad_values_reported() {
+    if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
+        return;
+    }
+    let (out, err) = run_child_with(&[
+        ("BNORM_STREAM_MIN_BYTES", "12345"),
+        ("BNORM_TRAIN_CHUNK_BYTES", "4096"),
+        ("BNORM_PREFETCH_BYTES", "8192"),
+    ]);
+    assert!(out.contains("stream=12345 chunk=4096 prefetch=8192"), "{out}");
+    assert!(!err.contains("bnorm:"), "{err}");
+    let (out, err) = run_child_with(&[("BNORM_STREAM_MIN_BYTES", "8M")]);
+    assert!(!out.contains("stream=8M"), "{out}");
+    let warning = "bnorm: BNORM_STREAM_MIN_BYTES=\"8M\" is not a whole number of bytes: ignored";
+    assert_eq!(err.matches(warning).count(), 1, "stderr was {err:?}");
 }

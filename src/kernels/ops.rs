@@ -16,13 +16,11 @@ use super::{GROUP, InPlace, Io, Prefetch, Rows, Split, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
 
-/// Training chunks hold about this many bytes of x (when a channel's data allows), so that the
-/// normalise pass re-reads them from the core's L2 cache.
-const TRAIN_CHUNK_BYTES: usize = 1 << 19;
-
-/// Outputs of at least this many bytes are written with non-temporal stores; smaller ones stay in cache
-/// for the next layer.
-const STREAM_MIN_BYTES: usize = 8 << 20;
+// Training chunks hold about `tuning().train_chunk_bytes` of x (when a channel's data allows), so that
+// the normalise pass re-reads them from the core's L2 cache; outputs of at least
+// `tuning().stream_min_bytes` are written with non-temporal stores, smaller ones stay in cache for the
+// next layer. Both come from the running CPU's cache sizes (`crate::tuning`).
+use crate::tuning;
 
 /// Channel blocks whose parameters the blocked normalise pass keeps ready at once (about 9 KB of stack).
 const BLOCK_GROUP: usize = 16;
@@ -176,12 +174,12 @@ fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item =
     (0..c.div_ceil(step)).map(move |i| (i * step, ((i + 1) * step).min(c)))
 }
 
-/// Channels per training chunk: about TRAIN_CHUNK_BYTES of data, at least one vector's worth of channels
+/// Channels per training chunk: about `chunk_bytes` of data, at least one vector's worth of channels
 /// in channels-last memory (narrower strided reads waste bandwidth).
 #[inline(always)]
-fn train_chunk<const G: usize>(desc: &TensorDesc) -> usize {
+fn train_chunk<const G: usize>(desc: &TensorDesc, chunk_bytes: usize) -> usize {
     let per_channel = desc.shape().count().saturating_mul(4).max(1);
-    let fit = TRAIN_CHUNK_BYTES / per_channel;
+    let fit = chunk_bytes / per_channel;
     match kind(desc) {
         // Channel chunks of channels-last rows would be strided reads of a few lines per row: process
         // whole rows (groups of G channels) instead, re-reading x from the outer caches.
@@ -234,9 +232,10 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
     var: &mut [f32],
     out_of_place: bool,
 ) {
-    let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
+    let t = tuning::get();
+    let stream = out_of_place && desc.len() >= t.stream_min_bytes / 4;
     let mut scratch = [0.0f32; G];
-    let step = train_chunk::<G>(desc);
+    let step = train_chunk::<G>(desc, t.train_chunk_bytes);
     let mut chunks = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = chunks.next() {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
@@ -247,7 +246,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
         // While this chunk is normalised (its x from cache), the next chunk's x is fetched.
         // (Only when both chunks fit in L2 together: a larger chunk would evict the one being read.)
         let mut pf = match chunks.peek() {
-            Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= TRAIN_CHUNK_BYTES => chunk_lines(desc, n0, n1),
+            Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= t.train_chunk_bytes => chunk_lines(desc, n0, n1),
             _ => Prefetch::none(),
         };
         normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
@@ -349,7 +348,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
     src: ParamSrc<'_>,
     out_of_place: bool,
 ) {
-    let stream = out_of_place && desc.len() >= STREAM_MIN_BYTES / 4;
+    let stream = out_of_place && desc.len() >= tuning::get().stream_min_bytes / 4;
     let mut scratch = [0.0f32; G];
     for (c0, c1) in chunks::<G>(desc, G) {
         let p = match src {

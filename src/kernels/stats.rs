@@ -22,9 +22,9 @@ pub(crate) const ROW_BLOCK: usize = 32;
 /// Software prefetch distance of the statistics loops, in floats: at least 8 KB ahead of each load (the
 /// hardware prefetcher alone leaves a single core's read pass ~30 % short of what it can stream from
 /// memory while the loop also computes), and for rows of a wide tile the same columns one block of rows
-/// ahead, capped at 128 KB so the lines are still in L2 when the loop reaches them.
+/// ahead, capped at `tuning().prefetch_bytes` (an eighth of L2, at most 128 KB) so the lines are still
+/// in L2 when the loop reaches them.
 const PF_MIN: usize = 2048;
-const PF_MAX: usize = 32 * 1024;
 
 /// Floats per 64-byte cache line: one prefetch per line.
 const LINE: usize = 16;
@@ -219,7 +219,8 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
     // the rows per block keeps their chains at 16 additions and halves the merges.
     let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
-    let pf = (rb * rows.inner_stride).clamp(PF_MIN, PF_MAX);
+    let pf_max = (crate::tuning::get().prefetch_bytes / 4).max(PF_MIN);
+    let pf = (rb * rows.inner_stride).clamp(PF_MIN, pf_max);
     let stride = rows.inner_stride;
     loop {
         let (k, b) = rows.next_block(&mut cursor, &mut runs, rb);

@@ -59,3 +59,76 @@ unsafe fn xgetbv0() -> u64 {
     // SAFETY: the caller guarantees OSXSAVE, which is what `xsave`-gated XGETBV needs to run.
     unsafe { _xgetbv(0) }
 }
+
+/// Data and unified cache sizes in bytes, 0 where the CPU does not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Caches {
+    /// Level-2 cache of one core.
+    pub l2: usize,
+    /// Last-level (level-3) cache, as CPUID reports it (shared by the cores of its complex).
+    pub l3: usize,
+}
+
+/// Reads the cache sizes: CPUID leaf 4 (Intel's deterministic cache parameters), else leaf 0x8000001D
+/// (AMD's, same format, with TOPOEXT), else leaf 0x80000006 (AMD's L2/L3 summary).
+pub(crate) fn caches() -> Caches {
+    if cfg!(miri) {
+        return Caches::default();
+    }
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86-64 processor; leaf 0 reports the highest standard leaf.
+    let max_leaf = unsafe { __cpuid(0) }.eax;
+    #[allow(unused_unsafe)]
+    // SAFETY: leaf 0x80000000 reports the highest extended leaf on every x86-64 processor.
+    let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
+    let mut c = Caches::default();
+    if max_leaf >= 4 {
+        c = deterministic(4);
+    }
+    if c.l2 == 0 && max_ext >= 0x8000_001D {
+        #[allow(unused_unsafe)]
+        // SAFETY: 0x80000001 is at most `max_ext`, checked above.
+        let topoext = unsafe { __cpuid(0x8000_0001) }.ecx & (1 << 22) != 0;
+        if topoext {
+            c = deterministic(0x8000_001D);
+        }
+    }
+    if c.l2 == 0 && max_ext >= 0x8000_0006 {
+        #[allow(unused_unsafe)]
+        // SAFETY: 0x80000006 is at most `max_ext`, checked above.
+        let r = unsafe { __cpuid(0x8000_0006) };
+        c.l2 = (r.ecx >> 16) as usize * 1024;
+        c.l3 = (r.edx >> 18) as usize * 512 * 1024;
+    }
+    c
+}
+
+/// Walks the sub-leaves of a deterministic-cache-parameters leaf (4 or 0x8000001D, both at most the
+/// CPU's highest leaf): type in EAX[4:0] (0 ends the list, 1 data, 3 unified), level in EAX[7:5], size
+/// (ways + 1)·(partitions + 1)·(line + 1)·(sets + 1).
+fn deterministic(leaf: u32) -> Caches {
+    let mut c = Caches::default();
+    for sub in 0..16 {
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller checked that `leaf` is supported; any sub-leaf may be queried (past the
+        // last one the type field reads 0).
+        let r = unsafe { __cpuid_count(leaf, sub) };
+        let kind = r.eax & 0x1f;
+        if kind == 0 {
+            break;
+        }
+        if kind != 1 && kind != 3 {
+            continue;
+        }
+        let size = ((r.ebx >> 22) as usize + 1)
+            * (((r.ebx >> 12) & 0x3ff) as usize + 1)
+            * ((r.ebx & 0xfff) as usize + 1)
+            * (r.ecx as usize + 1);
+        match (r.eax >> 5) & 7 {
+            2 => c.l2 = size,
+            3 => c.l3 = size,
+            _ => {}
+        }
+    }
+    c
+}
