@@ -107,54 +107,125 @@ fn prefetch_at(p: *const f32) {
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
 }
-use crate::kernels::ops::{self, Call};
+use crate::kernels::ops::Call;
 
 /// Runs a validated call on tier `isa`. A tier the CPU lacks never reaches here (a `Kernels` value holds
 /// only available tiers); should one arrive anyway, the portable tier runs it.
 pub(crate) fn run(isa: Isa, call: Call<'_>) {
     match isa {
-        Isa::Scalar => run_scalar(call),
+        Isa::Scalar => scalar_entries::dispatch(scalar::Scalar, call),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if isa.is_available() => {
             // SAFETY: `is_available` confirmed AVX-512F, AVX2, FMA and the OS's zmm/opmask state.
-            let t = unsafe { x86_64::avx512::Avx512::new_unchecked() };
-            // SAFETY: the token proves the features that `run_avx512` enables.
-            unsafe { run_avx512(t, call) }
+            avx512_entries::dispatch(unsafe { x86_64::avx512::Avx512::new_unchecked() }, call)
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => {
             // SAFETY: `is_available` confirmed AVX2, FMA and the OS's ymm state.
-            let t = unsafe { x86_64::avx2::Avx2::new_unchecked() };
-            // SAFETY: the token proves the features that `run_avx2` enables.
-            unsafe { run_avx2(t, call) }
+            avx2_entries::dispatch(unsafe { x86_64::avx2::Avx2::new_unchecked() }, call)
         }
-        _ => run_portable(call),
+        _ => portable_entries::dispatch(portable::Portable, call),
     }
 }
 
-#[inline(never)]
-fn run_scalar(call: Call<'_>) {
-    ops::run(scalar::Scalar, call)
+/// One entry point per operation for a tier: each is `#[inline(never)]` (with the tier's target
+/// features), and the kernels below it are `#[inline(always)]`. Separate functions keep each one small
+/// enough to compile quickly and in parallel, and a program links only the operations it calls.
+macro_rules! tier_entries {
+    ($module:ident, $token:ty $(, $features:literal)?) => {
+        mod $module {
+            #![allow(unused_unsafe)]
+            use crate::kernels::ops::{self, Call, Data, ParamSrc};
+            use crate::kernels::{InPlace, Split, limit};
+            use crate::layout::TensorDesc;
+
+            type Affine<'a> = (Option<&'a [f32]>, Option<&'a [f32]>, f32);
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn moments(t: $token, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+                ops::moments_op(t, desc, x, mean, var)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn training_split(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                y: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+            ) {
+                ops::training_op(t, desc, &mut Split { x, y }, a, mean, var, true)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn training_in_place(t: $token, desc: &TensorDesc, xy: &mut [f32], a: Affine<'_>, mean: &mut [f32], var: &mut [f32]) {
+                ops::training_op(t, desc, &mut InPlace { xy }, a, mean, var, false)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_split(t: $token, desc: &TensorDesc, x: &[f32], y: &mut [f32], params: ParamSrc<'_>) {
+                ops::normalize_op(t, desc, &mut Split { x, y }, params, true)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_in_place(t: $token, desc: &TensorDesc, xy: &mut [f32], params: ParamSrc<'_>) {
+                ops::normalize_op(t, desc, &mut InPlace { xy }, params, false)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn read_pass(t: $token, x: &[f32]) -> f32 {
+                limit::read_pass(t, x)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn scale_pass(t: $token, x: &[f32], y: &mut [f32], stream: bool) {
+                limit::scale_pass(t, x, y, stream)
+            }
+
+            /// Runs `call` with the token `t`.
+            #[inline(always)]
+            pub(in crate::arch) fn dispatch(t: $token, call: Call<'_>) {
+                // SAFETY: `t` is the tier's token, whose existence proves that the CPU supports the
+                // features these entry points enable (see the token's `new_unchecked`).
+                unsafe {
+                    match call {
+                        Call::Moments { desc, x, mean, var } => moments(t, desc, x, mean, var),
+                        Call::Training { desc, data: Data::Split(x, y), gamma, beta, eps, mean, var } => {
+                            training_split(t, desc, x, y, (gamma, beta, eps), mean, var)
+                        }
+                        Call::Training { desc, data: Data::InPlace(xy), gamma, beta, eps, mean, var } => {
+                            training_in_place(t, desc, xy, (gamma, beta, eps), mean, var)
+                        }
+                        Call::Normalize { desc, data: Data::Split(x, y), params } => {
+                            normalize_split(t, desc, x, y, params)
+                        }
+                        Call::Normalize { desc, data: Data::InPlace(xy), params } => {
+                            normalize_in_place(t, desc, xy, params)
+                        }
+                        Call::ReadPass { x, sum } => *sum = read_pass(t, x),
+                        Call::ScalePass { x, y, stream } => scale_pass(t, x, y, stream),
+                    }
+                }
+            }
+        }
+    };
 }
 
-#[inline(never)]
-fn run_portable(call: Call<'_>) {
-    ops::run(portable::Portable, call)
-}
-
+tier_entries!(scalar_entries, crate::arch::scalar::Scalar);
+tier_entries!(portable_entries, crate::arch::portable::Portable);
 #[cfg(target_arch = "x86_64")]
-#[inline(never)]
-#[target_feature(enable = "avx2,fma")]
-fn run_avx2(t: x86_64::avx2::Avx2, call: Call<'_>) {
-    ops::run(t, call)
-}
-
+tier_entries!(avx2_entries, crate::arch::x86_64::avx2::Avx2, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
-#[inline(never)]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn run_avx512(t: x86_64::avx512::Avx512, call: Call<'_>) {
-    ops::run(t, call)
-}
+tier_entries!(avx512_entries, crate::arch::x86_64::avx512::Avx512, "avx512f,avx2,fma");
 
 #[cfg(test)]
 mod tests {

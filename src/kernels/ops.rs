@@ -12,7 +12,7 @@ use super::normalize::{
     PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, TWO_64, fill_scale, normalize_run, reduced_scale,
 };
 use super::stats::{PlaneStats, contiguous_moments};
-use super::{GROUP, InPlace, Io, Prefetch, Rows, Split, WIDE_GROUP};
+use super::{GROUP, Io, Prefetch, Rows, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
 
@@ -74,39 +74,21 @@ pub(crate) enum Call<'a> {
     },
 }
 
-/// Runs a validated call with tier `s`. Everything below is `#[inline(always)]`, so the whole call is
-/// compiled inside the tier's entry point (and with its target features).
+/// Per-channel statistics (the `moments` operation) with tier `s`. This and the other `*_op` functions
+/// are `#[inline(always)]` all the way down, so each is compiled inside its tier's entry point (and with
+/// its target features): one entry point per operation and tier (`crate::arch`).
 #[inline(always)]
-pub(crate) fn run<S: Simd>(s: S, call: Call<'_>) {
-    match call {
-        Call::Moments { desc, x, mean, var } if wide(desc) => moments::<S, WIDE_GROUP>(s, desc, x, mean, var),
-        Call::Moments { desc, x, mean, var } => moments::<S, GROUP>(s, desc, x, mean, var),
-        Call::Training { desc, data, gamma, beta, eps, mean, var } => match data {
-            Data::Split(x, y) => {
-                training_any(s, desc, &mut Split { x, y }, (gamma, beta, eps), mean, var, true)
-            }
-            Data::InPlace(xy) => {
-                training_any(s, desc, &mut InPlace { xy }, (gamma, beta, eps), mean, var, false)
-            }
-        },
-        Call::Normalize { desc, data, params } => match data {
-            Data::Split(x, y) => normalize_any(s, desc, &mut Split { x, y }, params, true),
-            Data::InPlace(xy) => normalize_any(s, desc, &mut InPlace { xy }, params, false),
-        },
-        Call::ReadPass { x, sum } => *sum = super::limit::read_pass(s, x),
-        Call::ScalePass { x, y, stream } => super::limit::scale_pass(s, x, y, stream),
+pub(crate) fn moments_op<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+    if wide(desc) {
+        moments::<S, WIDE_GROUP, true>(s, desc, x, mean, var)
+    } else {
+        moments::<S, GROUP, false>(s, desc, x, mean, var)
     }
 }
 
-/// Channels-last rows wider than [`GROUP`]: run with [`WIDE_GROUP`]-sized scratch.
+/// Training forward (statistics, then normalisation chunk by chunk) with tier `s`.
 #[inline(always)]
-fn wide(desc: &TensorDesc) -> bool {
-    matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP
-}
-
-/// [`training`] with the scratch size the tensor needs.
-#[inline(always)]
-fn training_any<S: Simd, I: Io>(
+pub(crate) fn training_op<S: Simd, I: Io>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -116,15 +98,15 @@ fn training_any<S: Simd, I: Io>(
     out_of_place: bool,
 ) {
     if wide(desc) {
-        training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, affine, mean, var, out_of_place)
+        training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, affine, mean, var, out_of_place)
     } else {
-        training::<S, I, GROUP, { GROUP + 16 }>(s, desc, io, affine, mean, var, out_of_place)
+        training::<S, I, GROUP, { GROUP + 16 }, false>(s, desc, io, affine, mean, var, out_of_place)
     }
 }
 
-/// [`normalize`] with the scratch size the tensor needs.
+/// The normalise-affine pass (inference, `channel_affine`) with tier `s`.
 #[inline(always)]
-fn normalize_any<S: Simd, I: Io>(
+pub(crate) fn normalize_op<S: Simd, I: Io>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -132,10 +114,16 @@ fn normalize_any<S: Simd, I: Io>(
     out_of_place: bool,
 ) {
     if wide(desc) {
-        normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, params, out_of_place)
+        normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, params, out_of_place)
     } else {
-        normalize::<S, I, GROUP, { GROUP + 16 }>(s, desc, io, params, out_of_place)
+        normalize::<S, I, GROUP, { GROUP + 16 }, false>(s, desc, io, params, out_of_place)
     }
+}
+
+/// Channels-last rows wider than [`GROUP`]: run with [`WIDE_GROUP`]-sized scratch.
+#[inline(always)]
+fn wide(desc: &TensorDesc) -> bool {
+    matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP
 }
 
 /// How the kernels see a tensor's memory.
@@ -216,14 +204,20 @@ fn chunk_lines(desc: &TensorDesc, c0: usize, c1: usize) -> Prefetch {
 
 /// Per-channel statistics of the whole tensor, group by group.
 #[inline(always)]
-fn moments<S: Simd, const G: usize>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+fn moments<S: Simd, const G: usize, const CH: bool>(
+    s: S,
+    desc: &TensorDesc,
+    x: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
     for (c0, c1) in chunks::<G>(desc, G) {
-        moments_range::<S, G>(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
+        moments_range::<S, G, CH>(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
     }
 }
 
 #[inline(always)]
-fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
+fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -239,7 +233,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
     let mut chunks = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = chunks.next() {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
-        moments_range::<S, G>(s, desc, io.input(), c0, c1, m, v);
+        moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, v);
         let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
         fill_scale(s, v, g, eps, &mut scratch);
         let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: b, fixup: true };
@@ -249,7 +243,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize>(
             Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= t.train_chunk_bytes => chunk_lines(desc, n0, n1),
             _ => Prefetch::none(),
         };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
+        normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
         if overflowed(p.scale) {
             if stream {
                 s.fence();
@@ -306,7 +300,7 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
 /// Mean and population variance of channels `c0..c1` (at most GROUP; whole blocks for blocked layouts,
 /// but for the last) into `mean`/`var` (`c1 - c0` long).
 #[inline(always)]
-fn moments_range<S: Simd, const G: usize>(
+fn moments_range<S: Simd, const G: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -316,6 +310,12 @@ fn moments_range<S: Simd, const G: usize>(
     var: &mut [f32],
 ) {
     let sh = desc.shape();
+    if CH {
+        // Channels-last only (`CH` instantiations are never called with other memory): no code for the
+        // other layouts in this instantiation.
+        contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var);
+        return;
+    }
     match kind(desc) {
         Kind::Channels => contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
         Kind::Planes => {
@@ -341,7 +341,7 @@ fn moments_range<S: Simd, const G: usize>(
 
 /// The normalise-affine pass over the whole tensor, channel group by channel group.
 #[inline(always)]
-fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
+fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -365,7 +365,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]), fixup: false }
             }
         };
-        normalize_range::<S, I, PB>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
+        normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
         if let ParamSrc::Stats { var, gamma, eps, .. } = src
             && overflowed(p.scale)
         {
@@ -386,7 +386,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize>(
 /// still in L2, so a chunk larger than L2 is re-read partly from it.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize_range<S: Simd, I: Io, const PB: usize>(
+fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -399,23 +399,13 @@ fn normalize_range<S: Simd, I: Io, const PB: usize>(
 ) {
     let order = |i: usize, count: usize| if recent_last { count - 1 - i } else { i };
     let sh = desc.shape();
-    let rows = sh.n * sh.spatial;
+    if CH {
+        // Channels-last only, as in `moments_range`.
+        normalize_channels::<S, I, PB>(s, desc, io, c0, c1, p, stream, pf);
+        return;
+    }
     match kind(desc) {
-        Kind::Channels if c0 == 0 && c1 == sh.c => {
-            // Whole rows: the tensor is one span whose channel repeats with the row's period.
-            let period = row_len(desc);
-            let pp = [Periodic::<PB>::new(s, p, period)];
-            normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
-        }
-        Kind::Channels => {
-            // Part of each row (channel groups of a wide tensor), with the padding after the last.
-            let width = row_width(desc, c0, c1);
-            let stride = row_len(desc);
-            let pp = [Periodic::<PB>::new(s, p, width)];
-            for r in 0..rows {
-                normalize_run(s, io, r * stride + c0, &RefSegs { pps: &pp, len: width }, stream, pf);
-            }
-        }
+        Kind::Channels => normalize_channels::<S, I, PB>(s, desc, io, c0, c1, p, stream, pf),
         Kind::Planes => {
             // One run per batch index: its planes of channels c0..c1 are contiguous.
             let segs = PlaneSegs { p, plane: sh.spatial };
@@ -490,6 +480,36 @@ fn fix_overflowed(
                     y[at] = ((y[at] - m) * s * TWO_64) * TWO_64 + beta;
                 }
             }
+        }
+    }
+}
+
+/// Channels `c0..c1` of a channels-kind tensor: whole rows as one run whose channel repeats with the
+/// row's period, or (channel groups of a wide tensor) part of each row, with the padding after the last.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_channels<S: Simd, I: Io, const PB: usize>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    c0: usize,
+    c1: usize,
+    p: &Params<'_>,
+    stream: bool,
+    pf: &mut Prefetch,
+) {
+    let sh = desc.shape();
+    let rows = sh.n * sh.spatial;
+    if c0 == 0 && c1 == sh.c {
+        let period = row_len(desc);
+        let pp = [Periodic::<PB>::new(s, p, period)];
+        normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
+    } else {
+        let width = row_width(desc, c0, c1);
+        let stride = row_len(desc);
+        let pp = [Periodic::<PB>::new(s, p, width)];
+        for r in 0..rows {
+            normalize_run(s, io, r * stride + c0, &RefSegs { pps: &pp, len: width }, stream, pf);
         }
     }
 }
