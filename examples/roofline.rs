@@ -3,7 +3,10 @@
 //! benchmark shapes and prints GB/s and % of the limit. Writes the same as CSV and an SVG chart under
 //! `target/roofline/`.
 //!
-//! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME] [--offset K]`
+//! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME] [--offset K] [--skip-limit]`
+//!
+//! `--skip-limit` leaves out the in-process limit passes (their columns read 0): for scripts that
+//! measure the limit themselves, such as `scripts/side_by_side.py`.
 //!
 //! `--offset K` places x and y K floats past a 64-byte boundary instead of on it: `--offset 4` is what
 //! `Vec<f32>` from the global allocator usually gives (16-byte aligned), so the user-buffer case is
@@ -77,6 +80,7 @@ struct Row {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let skip_limit = args.iter().any(|a| a == "--skip-limit");
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let filter = arg("--filter");
     let offset: usize =
@@ -145,7 +149,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let yo = ybuf.as_ptr().align_offset(64) + offset;
         let y = &mut ybuf[yo..yo + max_len];
         let tlen = shape.count() * c;
-        let lim = limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 });
+        let lim = if skip_limit {
+            Limit { read: 0.0, nt: 0.0, store: 0.0 }
+        } else {
+            limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 })
+        };
         println!(
             "| {name} | limit | read {:.1}, r+w NT {:.1}, r+w store {:.1} | | | | |",
             lim.read, lim.nt, lim.store
@@ -195,11 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     let (moved, lim_op) = if op == "moments" { (1.0, lim.read) } else { (2.0, rw) };
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
-                    println!(
-                        "| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {:.0}% |",
-                        lname,
-                        100.0 * gbps / lim_op
-                    );
+                    let pct = if lim_op > 0.0 { 100.0 * gbps / lim_op } else { 0.0 };
+                    println!("| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |", lname);
                     rows.push(Row { shape: name, layout: lname, op, isa, gbps, limit: lim_op });
                 }
             }
@@ -217,11 +222,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.isa,
             r.gbps,
             r.limit,
-            100.0 * r.gbps / r.limit
+            if r.limit > 0.0 { 100.0 * r.gbps / r.limit } else { 0.0 }
         )?;
     }
     std::fs::write("target/roofline/roofline.csv", csv)?;
-    chart(&rows, "target/roofline/roofline.svg")?;
+    if !skip_limit {
+        chart(&rows, "target/roofline/roofline.svg")?;
+    }
     println!("\nwrote target/roofline/roofline.csv and target/roofline/roofline.svg");
     Ok(())
 }

@@ -2,10 +2,16 @@
 """bnorm beside oneDNN 3.2 and the streaming limit, cell by cell, in one session.
 
 For every shape of shared/peers/shapes.txt, mode (train, infer) and layout, runs `stream_limit`, then
-oneDNN's primitive and bnorm's kernel (the roofline example filtered to that one cell) back to back,
-`--rounds` times, and prints the README's markdown table of medians. Alternating the programs cell by
-cell keeps the comparison fair on a shared machine whose memory bandwidth drifts by tens of percent
-over minutes. One thread; GB/s = 2 x tensor bytes / median call for both.
+oneDNN's primitive and bnorm's kernel (the roofline example filtered to that one cell) on 64-byte
+aligned buffers and on buffers 16 bytes past a line (what `Vec<f32>` from the global allocator usually
+gives) back to back, `--rounds` times, and prints the README's markdown table of medians. Alternating
+the programs cell by cell keeps the comparison fair on a shared machine whose memory bandwidth drifts by
+tens of percent over minutes. One thread; GB/s = 2 x tensor bytes / median call for both.
+
+Each cell reads `aligned (Vec) / oneDNN`; "limit" is stream_limit's read+write figure (the larger of its
+non-temporal and ordinary-store passes), "floor" the two-pass floor of training where a channel's data
+cannot stay in cache, 2 / (2 + rw/read) of it. `--isa avx2` times bnorm's AVX2 tier against oneDNN capped
+at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2).
 
 usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [SHAPE...]
 needs: shared/peers/setup.sh (oneDNN, stream_limit) and `cargo build --release --example roofline`.
@@ -36,19 +42,24 @@ def run(cmd):
 
 
 def limit(elems, r):
+    """(read+write limit, read limit) in GB/s."""
     out = run([os.path.join(PEERS, "stream_limit"), str(elems), str(r + 5)])
+    rd = float(re.search(r"read ([\d.]+)", out).group(1))
     nt = float(re.search(r"NT-store ([\d.]+)", out).group(1))
     st = float(re.search(r"scale store ([\d.]+)", out).group(1))
-    return max(nt, st)
+    return max(nt, st), rd
 
 
-def onednn(fmt, mode, n, c, h, w, r):
-    out = run([os.path.join(PEERS, "onednn3_bn"), fmt, mode, str(n), str(c), str(h), str(w), str(r)])
+def onednn(fmt, mode, n, c, h, w, r, isa):
+    env = dict(ENV, ONEDNN_MAX_CPU_ISA="AVX2") if isa == "avx2" else ENV
+    cmd = [os.path.join(PEERS, "onednn3_bn"), fmt, mode, str(n), str(c), str(h), str(w), str(r)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out)["gbps"]
 
 
-def bnorm(name, fmt, mode, isa):
-    out = run([ROOFLINE, "--isa", isa, "--filter", f"{name}/{fmt}/{mode}/"])
+def bnorm(name, fmt, mode, isa, offset=0):
+    out = run([ROOFLINE, "--isa", isa, "--skip-limit", "--offset", str(offset),
+               "--filter", f"{name}/{fmt}/{mode}/"])
     for line in out.splitlines():
         c = [x.strip() for x in line.split("|")]
         if len(c) > 6 and c[1:4] == [name, fmt, mode]:
@@ -74,27 +85,34 @@ def main():
         name, *dims = line.split()
         if not only or name in only:
             shapes.append((name, [int(d) for d in dims]))
-    print("| shape | mode | limit | " + " | ".join(LAYOUTS) + " |")
-    print("|---|---|---|" + "---|" * len(LAYOUTS))
+    print(f"bnorm tier {isa}; oneDNN {'capped at AVX2' if isa == 'avx2' else 'uncapped'}; cells: "
+          "bnorm aligned (bnorm Vec) / oneDNN, GB/s")
+    print("| shape | mode | limit | floor | " + " | ".join(LAYOUTS) + " |")
+    print("|---|---|---|---|" + "---|" * len(LAYOUTS))
     for name, (n, c, h, w) in shapes:
         r = reps(n, c, h, w)
         for mode in ("train", "infer"):
-            lim, cells = [], []
+            lim, rd, cells = [], [], []
             for fmt in LAYOUTS:
-                ours, theirs = [], []
+                ours, vec, theirs = [], [], []
                 for _ in range(rounds):
-                    lim.append(limit(n * c * h * w, r))
+                    rw, rr = limit(n * c * h * w, r)
+                    lim.append(rw)
+                    rd.append(rr)
                     if fmt != "nChw4c":
-                        theirs.append(onednn(fmt, mode, n, c, h, w, r))
+                        theirs.append(onednn(fmt, mode, n, c, h, w, r, isa))
                     ours.append(bnorm(name, fmt, mode, isa))
-                o = statistics.median(ours)
+                    vec.append(bnorm(name, fmt, mode, isa, offset=4))
+                o, v = statistics.median(ours), statistics.median(vec)
                 if theirs:
                     t = statistics.median(theirs)
-                    cells.append(f"**{o:.1f}** / {t:.1f}" + (" ⚠" if o < t else ""))
+                    cells.append(f"**{o:.1f}** ({v:.1f}) / {t:.1f}" + (" ⚠" if min(o, v) < t else ""))
                 else:
-                    cells.append(f"**{o:.1f}** / –")
+                    cells.append(f"**{o:.1f}** ({v:.1f}) / –")
             dims = f"{n}×{c}×{h}×{w}"
-            print(f"| {name} {dims} | {mode} | {statistics.median(lim):.1f} | " + " | ".join(cells) + " |",
+            lm, rm = statistics.median(lim), statistics.median(rd)
+            floor = 2 * lm / (2 + lm / rm)
+            print(f"| {name} {dims} | {mode} | {lm:.1f} | {floor:.1f} | " + " | ".join(cells) + " |",
                   flush=True)
 
 
