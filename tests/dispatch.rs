@@ -104,6 +104,7 @@ fn child_prints_detected_tier() {
 /// `BNORM_MAX_ISA` with a tier's name caps detection silently; an empty value is no cap; anything else
 /// is ignored with one warning on stderr.
 #[test]
+#[cfg_attr(miri, ignore = "miri cannot spawn processes")]
 fn cap_is_read_and_unknown_values_are_reported() {
     if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
         return;
@@ -135,6 +136,7 @@ fn cap_is_read_and_unknown_values_are_reported() {
 /// The size thresholds come from the CPU's caches; `BNORM_STREAM_MIN_BYTES`, `BNORM_TRAIN_CHUNK_BYTES`
 /// and `BNORM_PREFETCH_BYTES` override them; a value that is not a whole number is ignored with a warning.
 #[test]
+#[cfg_attr(miri, ignore = "miri cannot spawn processes")]
 fn tuning_overrides_are_read_and_bad_values_reported() {
     if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
         return;
