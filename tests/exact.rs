@@ -109,16 +109,18 @@ fn pair(c: usize) -> (f32, f32) {
 
 /// Shapes of the exact paired case: S even (pairs along s; all of [`SHAPES`]), or S = 1 with N even
 /// (pairs along n).
-fn paired_shapes() -> impl Iterator<Item = Shape> {
+fn paired_shapes() -> Vec<Shape> {
     let more = [
         Shape::new(5, 3, 98),
-        Shape::new(1, 2, if cfg!(miri) { 300 } else { 2050 }),
+        Shape::new(1, 2, 2050),
         Shape::new(40, 1, 1),
         Shape::new(2, 17, 1),
         Shape::new(64, 3, 1),
         Shape::new(130, 9, 1),
     ];
-    SHAPES.into_iter().chain(more)
+    // Under miri (which interprets every instruction) the S = 1 cases and the smaller shapes only.
+    let (shapes, more) = if cfg!(miri) { (&SHAPES[..3], &more[2..4]) } else { (&SHAPES[..], &more[..]) };
+    shapes.iter().chain(more).copied().collect()
 }
 
 /// The paired case the README guarantees exact: each channel's values alternate `μ + d`, `μ − d` along
@@ -172,8 +174,8 @@ fn paired_values_give_exact_statistics_and_outputs() {
 #[test]
 fn paired_values_otherwise_within_bounds() {
     each_tier("paired_values_otherwise_within_bounds", |k| {
-        let shapes = [Shape::new(2, 1, 3), Shape::new(3, 5, 7), Shape::new(1, 4, 49), Shape::new(50, 1, 1)];
-        for (i, sh) in shapes.into_iter().enumerate() {
+        let shapes = [Shape::new(2, 1, 3), Shape::new(50, 1, 1), Shape::new(3, 5, 7), Shape::new(1, 4, 49)];
+        for (i, sh) in shapes.into_iter().enumerate().take(if cfg!(miri) { 2 } else { 4 }) {
             for l in LAYOUTS {
                 for (j, (mu, dev)) in
                     [(3.0f64, 1.0f64), (0.0, 1e-15), (0.0, 1.1), (-7.25, 0.3)].into_iter().enumerate()
