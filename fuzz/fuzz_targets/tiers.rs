@@ -65,13 +65,18 @@ fuzz_target!(|bytes: &[u8]| {
             }
             let k = Kernels::new(*isa).unwrap();
             let (mc, vc, yc) = train(&k, &desc, &clean, &aff);
+            // Bit for bit, but a NaN is any NaN: which operand's payload a NaN result carries is left
+            // open by IEEE 754, and the compiler may order an addition's operands differently in the
+            // loops that a buffer's alignment selects (a clean channel with NaN γ and β gives NaN
+            // whose payload is either's).
+            let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
             for ch in (0..c).filter(|&ch| !bad[ch]) {
-                assert_eq!(mc[ch].to_bits(), m[ch].to_bits(), "{isa}: mean of clean channel {ch} changed");
-                assert_eq!(vc[ch].to_bits(), v[ch].to_bits(), "{isa}: var of clean channel {ch} changed");
+                assert!(same(mc[ch], m[ch]), "{isa}: mean of clean channel {ch} changed");
+                assert!(same(vc[ch], v[ch]), "{isa}: var of clean channel {ch} changed");
                 for n in 0..shape.n {
                     for s in 0..shape.spatial {
                         let i = oracle::offset(shape, layout, n, ch, s);
-                        assert_eq!(yc[i].to_bits(), y[i].to_bits(), "{isa}: output {i} of clean channel {ch} changed");
+                        assert!(same(yc[i], y[i]), "{isa}: output {i} of clean channel {ch} changed: {:x} vs {:x}", yc[i].to_bits(), y[i].to_bits());
                     }
                 }
             }
