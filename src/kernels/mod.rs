@@ -3,8 +3,8 @@
 //!
 //! - `stats`: one-read-pass per-channel statistics (shifted block sums merged with Chan's formula).
 //! - `normalize`: the centred normalise-affine pass `y = (x − m)·scale + shift`.
-//! - `ops`: the per-layout drivers behind every public operation, and the single entry point `run`
-//!   that each tier instantiates.
+//! - `ops`: the per-layout drivers behind every public operation: `moments_op`, `training_op` and
+//!   `normalize_op`, which each tier instantiates in its own entry points (`crate::arch`).
 
 pub(crate) mod limit;
 pub(crate) mod normalize;

@@ -2,11 +2,13 @@
 //! The normalise-affine pass in centred form, `y = (x − m)·scale + shift`, for every layout.
 //! `channel_affine` is the same pass with `m = 0` (`x − 0` is exact).
 //!
-//! Every layout is reduced to *spans*: contiguous runs of elements whose channel repeats with a period
-//! (a whole NHWC tensor has period C; a blocked plane has period b; an NCHW plane has one channel). A span
-//! is processed with a masked head until the output is vector-aligned, an unrolled body whose stores can
-//! bypass the cache, and a masked tail. Each element is computed by the same operations wherever it falls,
-//! so results do not depend on alignment.
+//! Every layout is reduced to *runs* ([`normalize_run`]): contiguous memory cut into segments with their
+//! own parameters (a batch index's NCHW planes, one channel each; its block planes of a group of channel
+//! blocks, period b; a whole NHWC tensor, one segment of period C). A run's whole cache lines are an
+//! aligned, unrolled body whose stores can bypass the cache; a vector across a segment boundary blends
+//! both segments' results; the elements before and after the whole lines take ordinary overlapping
+//! full-width stores, so no masked store is needed but for a run shorter than a vector. Each element is
+//! computed by the same operations wherever it falls, so results do not depend on alignment.
 
 use super::{Io, LINE_FLOATS, Prefetch, load_clamped};
 use crate::arch::Simd;
@@ -80,7 +82,7 @@ pub(crate) fn fill_scale<S: Simd, const G: usize>(
 }
 
 /// Parameters as vectors for an element position given by its *phase* (its channel's index within the
-/// period of the span).
+/// period of its segment).
 pub(crate) trait Phased<S: Simd> {
     /// `(m, scale, shift)` for the `LANES` channels starting at `phase`.
     fn vecs(&self, s: S, phase: usize) -> (S::V, S::V, S::V);
@@ -101,7 +103,7 @@ pub(crate) trait Phased<S: Simd> {
     }
 }
 
-/// Parameters that repeat every four vectors of a span, held in registers: slot `u` serves the `u`-th
+/// Parameters that repeat every four vectors of a segment, held in registers: slot `u` serves the `u`-th
 /// vector of each unrolled step (a channel block, or NHWC rows of 16–64 channels: no parameter loads in
 /// the loop). Its phase is the slot.
 pub(crate) struct Fixed<V> {
@@ -135,7 +137,7 @@ impl<S: Simd> Phased<S> for Fixed<S::V> {
     }
 }
 
-/// One channel's parameters for a whole span.
+/// One channel's parameters for a whole segment (an NCHW plane).
 pub(crate) struct Uniform<V> {
     m: V,
     sc: V,

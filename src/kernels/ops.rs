@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
-//! Per-layout drivers of every operation, and [`run`], the one function each tier instantiates.
+//! Per-layout drivers of every operation: [`moments_op`], [`training_op`] and [`normalize_op`], which
+//! each tier instantiates in one `#[inline(never)]` entry point per operation (`crate::arch`).
 //!
 //! Kernels are chosen by memory order, not by the layout's name: NCHW with spatial size 1 is the same
 //! memory as NHWC and runs the channels-last kernels.

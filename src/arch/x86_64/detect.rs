@@ -104,7 +104,7 @@ pub(crate) fn caches() -> Caches {
 }
 
 /// Walks the sub-leaves of a deterministic-cache-parameters leaf (4 or 0x8000001D, both at most the
-/// CPU's highest leaf): type in EAX[4:0] (0 ends the list, 1 data, 3 unified), level in EAX[7:5], size
+/// CPU's highest leaf): type in `EAX[4:0]` (0 ends the list, 1 data, 3 unified), level in `EAX[7:5]`, size
 /// (ways + 1)·(partitions + 1)·(line + 1)·(sets + 1).
 fn deterministic(leaf: u32) -> Caches {
     let mut c = Caches::default();
