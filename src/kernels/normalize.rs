@@ -9,6 +9,12 @@
 //! both segments' results; the elements before and after the whole lines take ordinary overlapping
 //! full-width stores, so no masked store is needed but for a run shorter than a vector. Each element is
 //! computed by the same operations wherever it falls, so results do not depend on alignment.
+//!
+//! Parameters come three ways: in registers where they repeat within four vectors ([`Fixed`]: NCHW
+//! planes, channel blocks, rows of 16–64 channels); for longer periods as arrays walked linearly between
+//! wraps of the phase ([`Linear`]), borrowed from the caller's slices for whole channels-last rows
+//! ([`RowParams`]: nothing C-long is copied per call) or copied into a [`Periodic`] buffer (padding,
+//! overflowed scales, channel groups).
 
 use super::{Io, LINE_FLOATS, Prefetch, load_clamped};
 use crate::arch::Simd;
@@ -22,9 +28,10 @@ pub(crate) struct Params<'a> {
     pub scale: &'a [f32],
     /// Added after scaling; `None` means 0.
     pub shift: Option<&'a [f32]>,
-    /// Whether an infinite `scale` is a scale γ/√(var + ε) that overflowed f32 (the statistics modes):
-    /// such a channel is copied through unchanged (`m = 0`, `scale = 1`, `shift = −0`) and finished by
-    /// [`fix_overflowed`](super::ops). `false` for `channel_affine`, whose scales are the caller's.
+    /// Whether an infinite `scale` is a scale γ/√(var + ε) that overflowed f32 (the statistics modes,
+    /// and only when the group has one): such a channel is copied through unchanged (`m = 0`,
+    /// `scale = 1`, `shift = −0`) and finished by [`fix_overflowed`](super::ops). `false` for
+    /// `channel_affine`, whose scales are the caller's.
     pub fixup: bool,
 }
 
@@ -101,6 +108,24 @@ pub(crate) trait Phased<S: Simd> {
     fn fixed(&self, _s: S, _phase: usize) -> Option<Fixed<S::V>> {
         None
     }
+    /// The parameters as arrays laid out by phase, when the period is at least a vector long (so
+    /// that the body can walk them linearly between wraps, without phase arithmetic per vector);
+    /// `None` otherwise.
+    #[inline(always)]
+    fn linear(&self) -> Option<Linear<'_>> {
+        None
+    }
+}
+
+/// Parameter arrays of a period of at least one vector, by phase: `sc[ph..ph + LANES]` are the `LANES`
+/// channels from phase `ph` for every `ph ≤ period − LANES` (a vector that crosses the period's end
+/// takes [`Phased::vecs`]). `None` for `m` or `sh` means 0.
+pub(crate) struct Linear<'a> {
+    period: usize,
+    m: Option<&'a [f32]>,
+    sc: &'a [f32],
+    sh: Option<&'a [f32]>,
+    keep: Option<&'a [f32]>,
 }
 
 /// Parameters that repeat every four vectors of a segment, held in registers: slot `u` serves the `u`-th
@@ -204,20 +229,37 @@ impl<const N: usize> Periodic<N> {
             sh: [0.0; N],
             keep: (valid < period).then_some([0.0; N]),
         };
+        // Bulk copies, not a loop over `Params::channel`: for a wide channels-last row (thousands of
+        // channels) this setup is paid on every call. Padding channels stay zero.
+        out.sc[..valid].copy_from_slice(p.scale);
+        if let Some(m) = p.mean {
+            out.m[..valid].copy_from_slice(m);
+        }
+        if let Some(t) = p.shift {
+            out.sh[..valid].copy_from_slice(t);
+        }
+        if let Some(k) = &mut out.keep {
+            k[..valid].fill(f32::from_bits(u32::MAX));
+        }
+        // Overflowed scales (statistics modes only, and only where one was found): the copy-through
+        // parameters of `channel`.
+        if p.fixup {
+            for j in 0..valid {
+                (out.m[j], out.sc[j], out.sh[j]) = p.channel(j);
+            }
+        }
+        // The period's start repeated after it (several times for a period shorter than a vector).
         let n = (period + S::LANES).min(N);
-        // `c = i % period`, counted rather than divided.
-        let mut c = 0;
-        for i in 0..n {
-            if c < valid {
-                (out.m[i], out.sc[i], out.sh[i]) = p.channel(c);
-                if let Some(k) = &mut out.keep {
-                    k[i] = f32::from_bits(u32::MAX);
-                }
+        let mut at = period;
+        while at < n {
+            let w = period.min(n - at);
+            out.m.copy_within(..w, at);
+            out.sc.copy_within(..w, at);
+            out.sh.copy_within(..w, at);
+            if let Some(k) = &mut out.keep {
+                k.copy_within(..w, at);
             }
-            c += 1;
-            if c == period {
-                c = 0;
-            }
+            at += w;
         }
         out
     }
@@ -245,6 +287,16 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
     fn next(&self, phase: usize) -> usize {
         let p = phase + self.step;
         if p >= self.period { p - self.period } else { p }
+    }
+    #[inline(always)]
+    fn linear(&self) -> Option<Linear<'_>> {
+        (self.period >= S::LANES).then_some(Linear {
+            period: self.period,
+            m: Some(&self.m),
+            sc: &self.sc,
+            sh: Some(&self.sh),
+            keep: self.keep.as_ref().map(|k| &k[..]),
+        })
     }
     #[inline(always)]
     fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
@@ -345,6 +397,10 @@ impl<S: Simd, P: Phased<S>> Phased<S> for &P {
     #[inline(always)]
     fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
         (**self).fixed(s, phase)
+    }
+    #[inline(always)]
+    fn linear(&self) -> Option<Linear<'_>> {
+        (**self).linear()
     }
 }
 
@@ -513,6 +569,9 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
     stream: bool,
     pf: &mut Prefetch,
 ) -> usize {
+    if let Some(lin) = p.linear() {
+        return body_linear(s, io, i, end, p, &lin, ph, stream, pf);
+    }
     let l = S::LANES;
     let mut fetched = 0;
     while i + 4 * l <= end {
@@ -545,4 +604,183 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
         i += l;
     }
     fetched
+}
+
+/// [`body`] for parameters of a period of at least a vector ([`Linear`]): between two wraps of the
+/// phase the parameter vectors are consecutive in the arrays, so the loop loads them at a moving offset
+/// with no phase arithmetic per vector (wide channels-last rows: a plain stream of loads); the vector
+/// across the period's end, if any, takes `p`'s [`Phased::vecs`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn body_linear<S: Simd, I: Io, P: Phased<S>>(
+    s: S,
+    io: &mut I,
+    mut i: usize,
+    end: usize,
+    p: &P,
+    b: &Linear<'_>,
+    mut ph: usize,
+    stream: bool,
+    pf: &mut Prefetch,
+) -> usize {
+    let l = S::LANES;
+    let zero = s.splat(0.0);
+    let mut fetched = 0;
+    while i + l <= end {
+        // The vectors inside the period from `ph` on: their parameters are at offsets ph, ph + l, ….
+        let len = ((b.period - ph) / l).min((end - i) / l) * l;
+        let r = ph..ph + len;
+        let (m, sc, sh) = (b.m.map(|m| &m[r.clone()]), &b.sc[r.clone()], b.sh.map(|t| &t[r.clone()]));
+        let keep = b.keep.map(|k| &k[r]);
+        let mut k = 0;
+        while k + 4 * l <= len {
+            let x = io.load4(s, i + k);
+            let mut y = x;
+            for u in 0..4 {
+                let o = k + u * l;
+                let mv = match m {
+                    Some(m) => s.load(&m[o..]),
+                    None => zero,
+                };
+                let shv = match sh {
+                    Some(t) => s.load(&t[o..]),
+                    None => zero,
+                };
+                y[u] = s.mul_add(s.sub(x[u], mv), s.load(&sc[o..]), shv);
+                if let Some(kp) = keep {
+                    y[u] = s.and(y[u], s.load(&kp[o..]));
+                }
+            }
+            io.store4(s, i + k, y, stream);
+            io.prefetch(s, pf, 4 * l);
+            fetched += 4 * l;
+            k += 4 * l;
+        }
+        while k < len {
+            let mv = match m {
+                Some(m) => s.load(&m[k..]),
+                None => zero,
+            };
+            let shv = match sh {
+                Some(t) => s.load(&t[k..]),
+                None => zero,
+            };
+            let mut y = s.mul_add(s.sub(io.load(s, i + k), mv), s.load(&sc[k..]), shv);
+            if let Some(kp) = keep {
+                y = s.and(y, s.load(&kp[k..]));
+            }
+            io.put(s, i + k, y, stream);
+            k += l;
+        }
+        i += len;
+        ph += len;
+        if ph == b.period {
+            ph = 0;
+        } else if i + l <= end {
+            // The vector across the period's end.
+            let (m, sc, sh) = p.vecs(s, ph);
+            let y = p.mask(s, ph, s.mul_add(s.sub(io.load(s, i), m), sc, sh));
+            io.put(s, i, y, stream);
+            i += l;
+            ph = p.next(ph);
+        }
+    }
+    fetched
+}
+
+/// The parameters of whole channels-last rows borrowed from the caller's slices (period C, no padding,
+/// no overflowed scale): nothing is copied per call but the vector that crosses the row's end, whose
+/// parameters come from `wrap` (`wrap[k]` is channel `(C − LANES + k) mod C`).
+pub(crate) struct RowParams<'a> {
+    p: Params<'a>,
+    period: usize,
+    wrap_m: [f32; 2 * WRAP],
+    wrap_sc: [f32; 2 * WRAP],
+    wrap_sh: [f32; 2 * WRAP],
+}
+
+/// The widest tier's lanes (room of a [`RowParams`] wrap buffer).
+const WRAP: usize = 16;
+
+impl<'a> RowParams<'a> {
+    /// The parameters of rows of `p.scale.len()` channels, or `None` where they cannot be borrowed
+    /// (fewer channels than a vector, or overflowed scales to copy through: [`Periodic`] then).
+    #[inline(always)]
+    pub(crate) fn new<S: Simd>(_s: S, p: &Params<'a>) -> Option<Self> {
+        let period = p.scale.len();
+        if p.fixup || period < S::LANES || S::LANES > WRAP {
+            return None;
+        }
+        let mut out = RowParams {
+            p: *p,
+            period,
+            wrap_m: [0.0; 2 * WRAP],
+            wrap_sc: [0.0; 2 * WRAP],
+            wrap_sh: [0.0; 2 * WRAP],
+        };
+        let mut c = period - S::LANES;
+        for k in 0..2 * S::LANES {
+            (out.wrap_m[k], out.wrap_sc[k], out.wrap_sh[k]) = p.channel(c);
+            c += 1;
+            if c == period {
+                c = 0;
+            }
+        }
+        Some(out)
+    }
+}
+
+impl<S: Simd> Phased<S> for RowParams<'_> {
+    #[inline(always)]
+    fn vecs(&self, s: S, phase: usize) -> (S::V, S::V, S::V) {
+        let l = S::LANES;
+        if phase + l <= self.period {
+            // (`match`, not `map_or` with a closure: see `fill_scale`.)
+            let zero = s.splat(0.0);
+            let m = match self.p.mean {
+                Some(m) => s.load(&m[phase..]),
+                None => zero,
+            };
+            let sh = match self.p.shift {
+                Some(t) => s.load(&t[phase..]),
+                None => zero,
+            };
+            (m, s.load(&self.p.scale[phase..]), sh)
+        } else {
+            // `period − l < phase < period`: `k < l`, and the loads stay inside the 2·l wrap values.
+            let k = (phase + l - self.period).min(WRAP);
+            (s.load(&self.wrap_m[k..]), s.load(&self.wrap_sc[k..]), s.load(&self.wrap_sh[k..]))
+        }
+    }
+    #[inline(always)]
+    fn mask(&self, _s: S, _phase: usize, y: S::V) -> S::V {
+        y
+    }
+    #[inline(always)]
+    fn advance(&self, phase: usize, by: usize) -> usize {
+        (phase + by) % self.period
+    }
+    #[inline(always)]
+    fn next(&self, phase: usize) -> usize {
+        let p = phase + S::LANES;
+        if p >= self.period { p - self.period } else { p }
+    }
+    #[inline(always)]
+    fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
+        if (4 * S::LANES) % self.period != 0 {
+            return None;
+        }
+        let zero = s.splat(0.0);
+        let mut f = Fixed { m: [zero; 4], sc: [zero; 4], sh: [zero; 4], keep: None };
+        let mut ph = phase;
+        for u in 0..4 {
+            (f.m[u], f.sc[u], f.sh[u]) = <Self as Phased<S>>::vecs(self, s, ph);
+            ph = <Self as Phased<S>>::next(self, ph);
+        }
+        Some(f)
+    }
+    #[inline(always)]
+    fn linear(&self) -> Option<Linear<'_>> {
+        Some(Linear { period: self.period, m: self.p.mean, sc: self.p.scale, sh: self.p.shift, keep: None })
+    }
 }

@@ -10,7 +10,8 @@
 //! Outputs far larger than the cache are written with non-temporal stores.
 
 use super::normalize::{
-    PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, TWO_64, fill_scale, normalize_run, reduced_scale,
+    PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, RowParams, TWO_64, fill_scale, normalize_run,
+    reduced_scale,
 };
 use super::stats::{PlaneStats, contiguous_moments};
 use super::{GROUP, Io, Prefetch, Rows, WIDE_GROUP};
@@ -237,7 +238,8 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
         moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, v);
         let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
         fill_scale(s, v, g, eps, &mut scratch);
-        let p = Params { mean: Some(m), scale: &scratch[..c1 - c0], shift: b, fixup: true };
+        let sc = &scratch[..c1 - c0];
+        let p = Params { mean: Some(m), scale: sc, shift: b, fixup: overflowed(sc) };
         // While this chunk is normalised (its x from cache), the next chunk's x is fetched.
         // (Only when both chunks fit in L2 together: a larger chunk would evict the one being read.)
         let mut pf = match chunks.peek() {
@@ -245,7 +247,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
             _ => Prefetch::none(),
         };
         normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
-        if overflowed(p.scale) {
+        if p.fixup {
             if stream {
                 s.fence();
             }
@@ -355,11 +357,12 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
         let p = match src {
             ParamSrc::Stats { mean, var, gamma, beta, eps } => {
                 fill_scale(s, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps, &mut scratch);
+                let sc = &scratch[..c1 - c0];
                 Params {
                     mean: Some(&mean[c0..c1]),
-                    scale: &scratch[..c1 - c0],
+                    scale: sc,
                     shift: beta.map(|b| &b[c0..c1]),
-                    fixup: true,
+                    fixup: overflowed(sc),
                 }
             }
             ParamSrc::Affine { scale, shift } => {
@@ -368,7 +371,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
         };
         normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
         if let ParamSrc::Stats { var, gamma, eps, .. } = src
-            && overflowed(p.scale)
+            && p.fixup
         {
             if stream {
                 s.fence();
@@ -445,11 +448,12 @@ fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool>(
     }
 }
 
-/// Whether any scale of a statistics-mode group overflowed f32 (γ/√(var + ε) = ±∞). One scan of the
-/// group's scales per group: the vector pass itself never tests for it.
+/// Whether any scale of a statistics-mode group overflowed f32 (γ/√(var + ε) = ±∞). One branch-free
+/// (vectorised) scan of the group's scales per group: the vector pass itself never tests for it, and
+/// [`Params::fixup`] is set only where this finds one.
 #[inline(always)]
 fn overflowed(scales: &[f32]) -> bool {
-    scales.iter().any(|v| v.is_infinite())
+    scales.iter().fold(false, |a, v| a | v.is_infinite())
 }
 
 /// Finishes the channels of a group (first channel `c0`) whose scale overflowed: the vector pass copied
@@ -503,8 +507,15 @@ fn normalize_channels<S: Simd, I: Io, const PB: usize>(
     let rows = sh.n * sh.spatial;
     if c0 == 0 && c1 == sh.c {
         let period = row_len(desc);
-        let pp = [Periodic::<PB>::new(s, p, period)];
-        normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
+        if period == sh.c
+            && let Some(rp) = RowParams::new(s, p)
+        {
+            // The caller's parameter slices as they are: no per-call copy of C-long arrays.
+            normalize_run(s, io, 0, &RefSegs { pps: &[rp], len: rows * period }, stream, pf);
+        } else {
+            let pp = [Periodic::<PB>::new(s, p, period)];
+            normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
+        }
     } else {
         let width = row_width(desc, c0, c1);
         let stride = row_len(desc);
