@@ -299,18 +299,39 @@ fn shift_vector<S: Simd, const N: usize>(
     n: usize,
     st: &mut GroupStats<N>,
 ) {
-    let l = S::LANES;
     let k = s.load(&st.k0[col..]);
     let p = pow2_below_inv(b);
     let scale = s.splat(p);
-    let mut s1 = s.splat(0.0);
+    // Four accumulators, rows dealt out in turn across the block and added in a fixed tree (the main
+    // pass's order): one chain of `b` dependent FMAs per column cost as much as the whole pass over a
+    // channel block's 196 rows. (Helper functions, not closures: see `moments_tile`.)
+    let zero = s.splat(0.0);
+    let mut a = [zero; 4];
+    let mut u = 0;
     for &(start, count) in block.runs {
-        for r in 0..count {
-            let at = start + r * block.stride + col;
-            let v = if n < l { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
-            s1 = s.mul_add(s.sub(v, k), scale, s1);
+        let mut at = start + col;
+        let mut r = 0;
+        while u != 0 && r < count {
+            a[u] = shift_add(s, x, at, n, k, scale, a[u]);
+            u = (u + 1) % 4;
+            at += block.stride;
+            r += 1;
+        }
+        while r + 4 <= count {
+            for acc in a.iter_mut() {
+                *acc = shift_add(s, x, at, n, k, scale, *acc);
+                at += block.stride;
+            }
+            r += 4;
+        }
+        while r < count {
+            a[u] = shift_add(s, x, at, n, k, scale, a[u]);
+            u = (u + 1) % 4;
+            at += block.stride;
+            r += 1;
         }
     }
+    let s1 = sum_tree(s, &a);
     // One division per lane, once per channel: scalar.
     let mut sums = [0.0f32; 16];
     s.store(&mut sums, s1);
@@ -318,6 +339,14 @@ fn shift_vector<S: Simd, const N: usize>(
     for (k0, sum) in st.k0[col..col + n].iter_mut().zip(sums) {
         *k0 += sum / bp;
     }
+}
+
+/// `acc + (x[at..at + n] − k)·scale` (lanes past `n` add exactly 0).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn shift_add<S: Simd>(s: S, x: &[f32], at: usize, n: usize, k: S::V, scale: S::V, acc: S::V) -> S::V {
+    let v = if n < S::LANES { s.load_part(&x[at..at + n], k) } else { s.load(&x[at..]) };
+    s.mul_add(s.sub(v, k), scale, acc)
 }
 
 /// One register tile of `T` vectors at column `col`, with `U` accumulators per vector (rows dealt out in
@@ -352,31 +381,37 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
     // Rows are dealt to the U accumulators in turn across the whole block. (Helper functions, not
     // closures: a closure would be compiled without the tier's features.)
     let mut u = 0;
-    let tile = (T - 1) * l + last;
-    for &(start, count) in block.runs {
-        let mut at = start + col;
-        let mut r = 0;
-        if U > 1 {
+    if T == 1 && U == 4 && block.stride == l && last == l {
+        // Rows one full vector wide and adjacent (channel blocks, packed narrow rows): each run is one
+        // contiguous slice, walked four rows at a time without per-row slicing.
+        for &(start, count) in block.runs {
+            let run = &x[start + col..start + col + count * l];
+            let mut r = 0;
             while u != 0 && r < count {
-                add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, u, pf);
+                add_row::<S, T, U>(s, &run[r * l..(r + 1) * l], last, &k, &mut s1, &mut s2, u, pf);
                 u = (u + 1) % U;
-                at += block.stride;
                 r += 1;
             }
-            while r + U <= count {
-                for uu in 0..U {
-                    add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, uu, pf);
-                    at += block.stride;
+            let quads = run[r * l..].chunks_exact(4 * l);
+            r += quads.len() * 4;
+            for q in quads {
+                for uu in 0..4 {
+                    if (uu * l) % LINE == 0 {
+                        s.prefetch_ahead(&q[uu * l..], pf);
+                    }
+                    let d = s.sub(s.load(&q[uu * l..]), k[0]);
+                    s1[0][uu] = s.add(s1[0][uu], d);
+                    s2[0][uu] = s.mul_add(d, d, s2[0][uu]);
                 }
-                r += U;
+            }
+            while r < count {
+                add_row::<S, T, U>(s, &run[r * l..(r + 1) * l], last, &k, &mut s1, &mut s2, u, pf);
+                u = (u + 1) % U;
+                r += 1;
             }
         }
-        while r < count {
-            add_row::<S, T, U>(s, &x[at..at + tile], last, &k, &mut s1, &mut s2, u, pf);
-            u = (u + 1) % U;
-            at += block.stride;
-            r += 1;
-        }
+    } else {
+        moments_rows::<S, T, U>(s, x, block, col, last, &k, &mut s1, &mut s2, pf);
     }
     for j in 0..T {
         let (a1, a2) = (sum_tree(s, &s1[j]), sum_tree(s, &s2[j]));
@@ -385,6 +420,51 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
         let (mn, m2n) = merge(s, k[j], k0[j], m[j], m2, a1, a2, f);
         s.store(&mut st.cm[c..], mn);
         s.store(&mut st.cm2[c..], m2n);
+    }
+}
+
+/// The rows of `block` at column `col` into the `U` accumulators of each of the `T` vectors (rows dealt
+/// out in turn across the whole block): the general case of [`moments_tile`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn moments_rows<S: Simd, const T: usize, const U: usize>(
+    s: S,
+    x: &[f32],
+    block: &Block<'_>,
+    col: usize,
+    last: usize,
+    k: &[S::V; T],
+    s1: &mut [[S::V; U]; T],
+    s2: &mut [[S::V; U]; T],
+    pf: usize,
+) {
+    let l = S::LANES;
+    let mut u = 0;
+    let tile = (T - 1) * l + last;
+    for &(start, count) in block.runs {
+        let mut at = start + col;
+        let mut r = 0;
+        if U > 1 {
+            while u != 0 && r < count {
+                add_row::<S, T, U>(s, &x[at..at + tile], last, k, s1, s2, u, pf);
+                u = (u + 1) % U;
+                at += block.stride;
+                r += 1;
+            }
+            while r + U <= count {
+                for uu in 0..U {
+                    add_row::<S, T, U>(s, &x[at..at + tile], last, k, s1, s2, uu, pf);
+                    at += block.stride;
+                }
+                r += U;
+            }
+        }
+        while r < count {
+            add_row::<S, T, U>(s, &x[at..at + tile], last, k, s1, s2, u, pf);
+            u = (u + 1) % U;
+            at += block.stride;
+            r += 1;
+        }
     }
 }
 
