@@ -13,8 +13,9 @@
 //! Parameters come three ways: in registers where they repeat within four vectors ([`Fixed`]: NCHW
 //! planes, channel blocks, rows of 16–64 channels); for longer periods as arrays walked linearly between
 //! wraps of the phase ([`Linear`]), borrowed from the caller's slices for whole channels-last rows
-//! ([`RowParams`]: nothing C-long is copied per call) or copied into a [`Periodic`] buffer (padding,
-//! overflowed scales, channel groups).
+//! ([`RowParams`]: nothing C-long is copied per call) or copied into a [`Periodic`] buffer that repeats
+//! the period to its end, so that short periods wrap every few hundred elements rather than every row
+//! (rows of up to 256 channels, padding, overflowed scales, channel groups).
 
 use super::{Io, LINE_FLOATS, Prefetch, load_clamped};
 use crate::arch::Simd;
@@ -108,9 +109,9 @@ pub(crate) trait Phased<S: Simd> {
     fn fixed(&self, _s: S, _phase: usize) -> Option<Fixed<S::V>> {
         None
     }
-    /// The parameters as arrays laid out by phase, when the period is at least a vector long (so
-    /// that the body can walk them linearly between wraps, without phase arithmetic per vector);
-    /// `None` otherwise.
+    /// The parameters as arrays laid out by phase, when the period is at least a vector long (so that
+    /// the body walks them linearly between wraps, without phase arithmetic per vector); `None`
+    /// otherwise.
     #[inline(always)]
     fn linear(&self) -> Option<Linear<'_>> {
         None
@@ -118,10 +119,13 @@ pub(crate) trait Phased<S: Simd> {
 }
 
 /// Parameter arrays of a period of at least one vector, by phase: `sc[ph..ph + LANES]` are the `LANES`
-/// channels from phase `ph` for every `ph ≤ period − LANES` (a vector that crosses the period's end
-/// takes [`Phased::vecs`]). `None` for `m` or `sh` means 0.
+/// channels from phase `ph` for every `ph ≤ reach − LANES` (a vector that crosses `reach` takes
+/// [`Phased::vecs`]). `None` for `m` or `sh` means 0.
 pub(crate) struct Linear<'a> {
     period: usize,
+    /// The arrays hold the period repeated up to here: a walk from phase `ph` may go on while
+    /// `ph + LANES ≤ reach` (the period itself for borrowed rows, the whole buffer for [`Periodic`]).
+    reach: usize,
     m: Option<&'a [f32]>,
     sc: &'a [f32],
     sh: Option<&'a [f32]>,
@@ -248,8 +252,9 @@ impl<const N: usize> Periodic<N> {
                 (out.m[j], out.sc[j], out.sh[j]) = p.channel(j);
             }
         }
-        // The period's start repeated after it (several times for a period shorter than a vector).
-        let n = (period + S::LANES).min(N);
+        // The period repeated to the end of the buffer: the body walks the arrays linearly for up to N
+        // elements between wraps of the phase (for a short period, many periods at a time).
+        let n = N;
         let mut at = period;
         while at < n {
             let w = period.min(n - at);
@@ -292,6 +297,7 @@ impl<S: Simd, const N: usize> Phased<S> for Periodic<N> {
     fn linear(&self) -> Option<Linear<'_>> {
         (self.period >= S::LANES).then_some(Linear {
             period: self.period,
+            reach: N,
             m: Some(&self.m),
             sc: &self.sc,
             sh: Some(&self.sh),
@@ -627,8 +633,8 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
     let zero = s.splat(0.0);
     let mut fetched = 0;
     while i + l <= end {
-        // The vectors inside the period from `ph` on: their parameters are at offsets ph, ph + l, ….
-        let len = ((b.period - ph) / l).min((end - i) / l) * l;
+        // The vectors from `ph` on that stay inside the arrays: parameters at offsets ph, ph + l, ….
+        let len = ((b.reach - ph) / l).min((end - i) / l) * l;
         let r = ph..ph + len;
         let (m, sc, sh) = (b.m.map(|m| &m[r.clone()]), &b.sc[r.clone()], b.sh.map(|t| &t[r.clone()]));
         let keep = b.keep.map(|k| &k[r]);
@@ -673,11 +679,9 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
             k += l;
         }
         i += len;
-        ph += len;
-        if ph == b.period {
-            ph = 0;
-        } else if i + l <= end {
-            // The vector across the period's end.
+        ph = (ph + len) % b.period;
+        if ph + l > b.reach && i + l <= end {
+            // The vector across the end of borrowed rows' parameters.
             let (m, sc, sh) = p.vecs(s, ph);
             let y = p.mask(s, ph, s.mul_add(s.sub(io.load(s, i), m), sc, sh));
             io.put(s, i, y, stream);
@@ -781,6 +785,13 @@ impl<S: Simd> Phased<S> for RowParams<'_> {
     }
     #[inline(always)]
     fn linear(&self) -> Option<Linear<'_>> {
-        Some(Linear { period: self.period, m: self.p.mean, sc: self.p.scale, sh: self.p.shift, keep: None })
+        Some(Linear {
+            period: self.period,
+            reach: self.period,
+            m: self.p.mean,
+            sc: self.p.scale,
+            sh: self.p.shift,
+            keep: None,
+        })
     }
 }

@@ -232,8 +232,8 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     let stream = out_of_place && desc.len() >= t.stream_min_bytes / 4;
     let mut scratch = [0.0f32; G];
     let step = train_chunk::<G>(desc, t.train_chunk_bytes);
-    let mut chunks = chunks::<G>(desc, step).peekable();
-    while let Some((c0, c1)) = chunks.next() {
+    let mut parts = chunks::<G>(desc, step).peekable();
+    while let Some((c0, c1)) = parts.next() {
         let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
         moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, v);
         let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
@@ -242,7 +242,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
         let p = Params { mean: Some(m), scale: sc, shift: b, fixup: overflowed(sc) };
         // While this chunk is normalised (its x from cache), the next chunk's x is fetched.
         // (Only when both chunks fit in L2 together: a larger chunk would evict the one being read.)
-        let mut pf = match chunks.peek() {
+        let mut pf = match parts.peek() {
             Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) <= t.train_chunk_bytes => chunk_lines(desc, n0, n1),
             _ => Prefetch::none(),
         };
@@ -508,9 +508,12 @@ fn normalize_channels<S: Simd, I: Io, const PB: usize>(
     if c0 == 0 && c1 == sh.c {
         let period = row_len(desc);
         if period == sh.c
+            && period > GROUP
             && let Some(rp) = RowParams::new(s, p)
         {
-            // The caller's parameter slices as they are: no per-call copy of C-long arrays.
+            // Rows wider than GROUP: the caller's parameter slices as they are, no per-call copy of
+            // C-long arrays. (Narrower rows copy their parameters, repeated to fill the buffer, so
+            // that the body wraps every few hundred elements instead of every row.)
             normalize_run(s, io, 0, &RefSegs { pps: &[rp], len: rows * period }, stream, pf);
         } else {
             let pp = [Periodic::<PB>::new(s, p, period)];
