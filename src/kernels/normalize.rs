@@ -630,7 +630,6 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
     pf: &mut Prefetch,
 ) -> usize {
     let l = S::LANES;
-    let zero = s.splat(0.0);
     let mut fetched = 0;
     while i + l <= end {
         // The vectors from `ph` on that stay inside the arrays: parameters at offsets ph, ph + l, ….
@@ -643,19 +642,7 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
             let x = io.load4(s, i + k);
             let mut y = x;
             for u in 0..4 {
-                let o = k + u * l;
-                let mv = match m {
-                    Some(m) => s.load(&m[o..]),
-                    None => zero,
-                };
-                let shv = match sh {
-                    Some(t) => s.load(&t[o..]),
-                    None => zero,
-                };
-                y[u] = s.mul_add(s.sub(x[u], mv), s.load(&sc[o..]), shv);
-                if let Some(kp) = keep {
-                    y[u] = s.and(y[u], s.load(&kp[o..]));
-                }
+                y[u] = linear_vector(s, x[u], (m, sc, sh, keep), k + u * l);
             }
             io.store4(s, i + k, y, stream);
             io.prefetch(s, pf, 4 * l);
@@ -663,18 +650,7 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
             k += 4 * l;
         }
         while k < len {
-            let mv = match m {
-                Some(m) => s.load(&m[k..]),
-                None => zero,
-            };
-            let shv = match sh {
-                Some(t) => s.load(&t[k..]),
-                None => zero,
-            };
-            let mut y = s.mul_add(s.sub(io.load(s, i + k), mv), s.load(&sc[k..]), shv);
-            if let Some(kp) = keep {
-                y = s.and(y, s.load(&kp[k..]));
-            }
+            let y = linear_vector(s, io.load(s, i + k), (m, sc, sh, keep), k);
             io.put(s, i + k, y, stream);
             k += l;
         }
@@ -690,6 +666,30 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
         }
     }
     fetched
+}
+
+/// A walk's parameter arrays `(m, scale, shift, keep)`: `None` is 0 for `m` and `shift`, no padding for
+/// `keep`.
+type ParamArrays<'a> = (Option<&'a [f32]>, &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
+
+/// `y` of the vector `x` whose parameters are at offset `o` of the arrays.
+#[inline(always)]
+fn linear_vector<S: Simd>(s: S, x: S::V, (m, sc, sh, keep): ParamArrays<'_>, o: usize) -> S::V {
+    // (`match`, not `map_or` with a closure: see `fill_scale`.)
+    let zero = s.splat(0.0);
+    let mv = match m {
+        Some(m) => s.load(&m[o..]),
+        None => zero,
+    };
+    let shv = match sh {
+        Some(t) => s.load(&t[o..]),
+        None => zero,
+    };
+    let y = s.mul_add(s.sub(x, mv), s.load(&sc[o..]), shv);
+    match keep {
+        Some(k) => s.and(y, s.load(&k[o..])),
+        None => y,
+    }
 }
 
 /// The parameters of whole channels-last rows borrowed from the caller's slices (period C, no padding,
@@ -769,20 +769,7 @@ impl<S: Simd> Phased<S> for RowParams<'_> {
         let p = phase + S::LANES;
         if p >= self.period { p - self.period } else { p }
     }
-    #[inline(always)]
-    fn fixed(&self, s: S, phase: usize) -> Option<Fixed<S::V>> {
-        if (4 * S::LANES) % self.period != 0 {
-            return None;
-        }
-        let zero = s.splat(0.0);
-        let mut f = Fixed { m: [zero; 4], sc: [zero; 4], sh: [zero; 4], keep: None };
-        let mut ph = phase;
-        for u in 0..4 {
-            (f.m[u], f.sc[u], f.sh[u]) = <Self as Phased<S>>::vecs(self, s, ph);
-            ph = <Self as Phased<S>>::next(self, ph);
-        }
-        Some(f)
-    }
+    // No `fixed`: rows are borrowed only when wider than four vectors (`GROUP` channels and more).
     #[inline(always)]
     fn linear(&self) -> Option<Linear<'_>> {
         Some(Linear {
