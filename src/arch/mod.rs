@@ -27,6 +27,8 @@ pub(crate) mod x86_64;
 pub(crate) trait Simd: Copy {
     /// Number of f32 lanes.
     const LANES: usize;
+    /// Number of vector registers the loops may plan for (register tiles are sized by it).
+    const REGS: usize = 16;
     /// The vector register type.
     type V: Copy;
 

@@ -244,11 +244,11 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
         }
         let f = BlockMerge::new(st.ccount, b);
         let mut col = 0;
-        // Wide rows on a tier with 32 vector registers: tiles of twice the width (16 accumulators), so
-        // each row of the block is read as 512 contiguous bytes rather than 256: rows are C floats
-        // apart (4 KB for C = 1024), and half as many strided passes over the block measured
+        // Wide rows on a tier with 32 vector registers: tiles of twice the width (16 accumulators and 8
+        // shifts), so each row of the block is read as 512 contiguous bytes rather than 256: rows are C
+        // floats apart (4 KB for C = 1024), and half as many strided passes over the block measured
         // 35 → 47 GB/s for NHWC `moments` with C = 1024 and 2048 (Zen 4).
-        if S::LANES == 16 {
+        if S::REGS >= 32 {
             while col + 2 * TILE * l <= w {
                 moments_tile::<S, { 2 * TILE }, 1, N>(s, x, &block, col, l, st, f, pf);
                 col += 2 * TILE * l;

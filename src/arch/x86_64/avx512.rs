@@ -28,6 +28,7 @@ fn kmask(n: usize) -> __mmask16 {
 // present; the value-only intrinsics then have no further preconditions.
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const REGS: usize = 32;
     type V = __m512;
 
     #[inline(always)]
