@@ -202,8 +202,9 @@ impl<S: Simd> Phased<S> for Uniform<S::V> {
 /// Room for a period of one channel block (at most 16) plus one vector of the widest tier (16 lanes).
 pub(crate) const PBUF_BLOCK: usize = 32;
 
-/// Parameters of `period` channels, repeated so that the `LANES` channels from any phase are one
-/// unaligned load: `buf[i] = param[i % period]`. `N ≥ period + LANES`.
+/// Parameters of `period` channels, repeated through the whole buffer (`buf[i] = param[i % period]` for
+/// every `i < N`, `N ≥ period + LANES`): the `LANES` channels from any phase are one unaligned load, and
+/// the linear walk ([`Linear`]) runs up to `N` elements between wraps.
 pub(crate) struct Periodic<const N: usize> {
     period: usize,
     /// `LANES % period`: how far one vector moves the phase.
