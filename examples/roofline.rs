@@ -104,12 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let t = __bench::tuning();
     println!(
-        "caches: L2 {} KB, L3 {} KB; non-temporal stores from {} KB, training chunks {} KB, prefetch ≤ {} KB",
+        "caches: L2 {} KB, L3 {} KB; non-temporal stores from {} KB, training chunks {} KB, prefetch ≤ {} KB{}",
         t.l2_bytes >> 10,
         t.l3_bytes >> 10,
         t.stream_min_bytes >> 10,
         t.train_chunk_bytes >> 10,
-        t.prefetch_bytes >> 10
+        t.prefetch_bytes >> 10,
+        if t.memory_prefetch { "" } else { " (none from memory)" }
     );
     println!("GB/s = 2 × tensor bytes / median call (moments: 1 ×); limit = best of the in-process passes\n");
     println!("| shape | layout | op | isa | GB/s | limit GB/s | % of limit |");

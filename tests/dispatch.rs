@@ -92,13 +92,67 @@ fn child_prints_detected_tier() {
     if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
         let t = bnorm::__bench::tuning();
         println!(
-            "detected={} stream={} chunk={} prefetch={}",
+            "detected={} stream={} chunk={} prefetch={} stats={:016x}",
             Isa::detect(),
             t.stream_min_bytes,
             t.train_chunk_bytes,
-            t.prefetch_bytes
+            t.prefetch_bytes,
+            statistics_bits()
         );
     }
+}
+
+/// A hash of the bits of `moments` on every available tier over shapes whose wide rows take the
+/// statistics' row-by-row path when the tensor counts as coming from memory (at least four times
+/// `BNORM_STREAM_MIN_BYTES`) and the register tiles otherwise: rows of 256 channels, of 200 (whole tiles
+/// and lone vectors), of 64, channel blocks and NCHW planes.
+fn statistics_bits() -> u64 {
+    use bnorm::{Layout, Shape, TensorDesc};
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let shapes = [
+        (Shape::nchw(3, 256, 3, 4), Layout::Nhwc),
+        (Shape::nchw(5, 200, 1, 7), Layout::Nhwc),
+        (Shape::nchw(2, 64, 9, 9), Layout::Nhwc),
+        (Shape::nchw(3, 40, 5, 5), Layout::Blocked { block: 16 }),
+        (Shape::nchw(3, 5, 30, 30), Layout::Nchw),
+    ];
+    for isa in Isa::available() {
+        let k = Kernels::new(isa).expect("available");
+        for &(shape, layout) in &shapes {
+            let desc = TensorDesc::new(shape, layout).expect("valid shape");
+            let x: Vec<f32> = (0..desc.len()).map(|i| 1000.0 + ((i * 7919) % 1013) as f32 / 37.0).collect();
+            let (mut m, mut v) = (vec![0.0; shape.c], vec![0.0; shape.c]);
+            k.moments(&desc, &x, &mut m, &mut v).expect("valid call");
+            for f in m.iter().chain(&v) {
+                h = (h ^ u64::from(f.to_bits())).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// The statistics of a tensor read from memory (row by row, and without software prefetch on AMD) are
+/// bit-identical to those of the same tensor read from the cache (register tiles, prefetch): forcing
+/// the threshold to 0 changes the path, not the result. So does turning the prefetch off.
+#[test]
+#[cfg_attr(miri, ignore = "miri cannot spawn processes")]
+fn statistics_paths_are_bit_identical() {
+    if std::env::var_os("BNORM_DISPATCH_CHILD").is_some() {
+        return;
+    }
+    let bits = |vars: &[(&str, &str)]| -> Option<String> {
+        let (out, _) = run_child_with(vars)?;
+        let at = out.find("stats=").expect("the child prints its statistics hash");
+        Some(out[at..at + 22].to_string())
+    };
+    let Some(cached) = bits(&[("BNORM_STREAM_MIN_BYTES", "1000000000")]) else { return };
+    let Some(memory) = bits(&[("BNORM_STREAM_MIN_BYTES", "0")]) else { return };
+    let Some(no_prefetch) = bits(&[("BNORM_STREAM_MIN_BYTES", "1000000000"), ("BNORM_PREFETCH_BYTES", "0")])
+    else {
+        return;
+    };
+    assert_eq!(cached, memory);
+    assert_eq!(cached, no_prefetch);
 }
 
 /// `BNORM_MAX_ISA` with a tier's name caps detection silently; an empty value is no cap; anything else

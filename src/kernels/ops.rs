@@ -331,7 +331,7 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
         Kind::Planes => {
             for c in c0..c1 {
                 let first = &x[c * sh.spatial..(c + 1) * sh.spatial];
-                let mut st = PlaneStats::new(s, first);
+                let mut st = PlaneStats::new(s, first, x.len());
                 for n in 0..sh.n {
                     let at = (n * sh.c + c) * sh.spatial;
                     st.add_plane(s, &x[at..at + sh.spatial]);

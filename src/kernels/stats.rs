@@ -19,12 +19,20 @@ use crate::arch::scalar::Scalar;
 /// accumulators). It bounds the cancellation in a block's `s2 − s1²/b` as well as the merge cost.
 pub(crate) const ROW_BLOCK: usize = 32;
 
-/// Software prefetch distance of the statistics loops, in floats: at least 8 KB ahead of each load (the
-/// hardware prefetcher alone leaves a single core's read pass ~30 % short of what it can stream from
-/// memory while the loop also computes), and for rows of a wide tile the same columns one block of rows
-/// ahead, capped at `tuning().prefetch_bytes` (an eighth of L2, at most 128 KB) so the lines are still
-/// in L2 when the loop reaches them.
+/// Software prefetch distance of the statistics loops, in floats: at least 8 KB ahead of each load (on
+/// a Xeon the hardware prefetcher alone left a single core's read pass ~30 % short of what it can stream
+/// from memory while the loop also computes), and for rows of a wide tile the same columns one block of
+/// rows ahead, capped at `tuning().prefetch_bytes` (an eighth of L2, at most 128 KB) so the lines are
+/// still in L2 when the loop reaches them. None where [`prefetch_limit`] says so.
 const PF_MIN: usize = 2048;
+
+/// The farthest the statistics of a tensor of `len` floats prefetch, in floats (0: they do not; see
+/// `crate::tuning`: not at all with a prefetch distance of 0, and not from memory on AMD).
+#[inline(always)]
+pub(crate) fn prefetch_limit(len: usize) -> usize {
+    let t = crate::tuning::get();
+    if !t.memory_prefetch && len >= t.stream_min_bytes { 0 } else { t.prefetch_bytes / 4 }
+}
 
 /// Floats per 64-byte cache line: one prefetch per line.
 const LINE: usize = 16;
@@ -219,9 +227,17 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
     // the rows per block keeps their chains at 16 additions and halves the merges.
     let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
-    let pf_max = (crate::tuning::get().prefetch_bytes / 4).max(PF_MIN);
-    let pf = (rb * rows.inner_stride).clamp(PF_MIN, pf_max);
+    let t = crate::tuning::get();
+    let pf = match prefetch_limit(x.len()) {
+        0 => 0,
+        p => (rb * rows.inner_stride).clamp(PF_MIN, p.max(PF_MIN)),
+    };
     let stride = rows.inner_stride;
+    // The columns the register tiles below cover; for a tensor that comes from memory they are read
+    // row by row instead (`block_rows_moments`).
+    let tiled = w - w % (TILE * l);
+    // (Four times the non-temporal threshold, in floats; the accumulators are only set up for it.)
+    let mut row_major = (tiled >= l && x.len() >= t.stream_min_bytes).then(RowAcc::<N>::new);
     loop {
         let (k, b) = rows.next_block(&mut cursor, &mut runs, rb);
         if b == 0 {
@@ -244,6 +260,11 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
         }
         let f = BlockMerge::new(st.ccount, b);
         let mut col = 0;
+        if let Some(acc) = row_major.as_mut() {
+            // Every tile column of the block in one sweep along its rows.
+            block_rows_moments(s, x, &block, tiled, st, f, acc, pf);
+            col = tiled;
+        }
         // Wide rows on a tier with 32 vector registers: tiles of twice the width (16 accumulators and 8
         // shifts), so each row of the block is read as 512 contiguous bytes rather than 256: rows are C
         // floats apart (4 KB for C = 1024), and half as many strided passes over the block measured
@@ -268,6 +289,98 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
         if st.cblocks == CHUNK_BLOCKS {
             st.flush(s, w);
         }
+    }
+}
+
+/// Accumulators of [`block_rows_moments`] in memory (L1): the shift and the two sums of each tile
+/// column of a group (3 KB for a group of 256 channels, on the stack of `rows_moments`).
+struct RowAcc<const N: usize> {
+    k: [f32; N],
+    a1: [f32; N],
+    a2: [f32; N],
+}
+
+impl<const N: usize> RowAcc<N> {
+    const fn new() -> Self {
+        RowAcc { k: [0.0; N], a1: [0.0; N], a2: [0.0; N] }
+    }
+}
+
+/// The tile columns `0..tiled` (a multiple of the vector width) of `block`, row after row in address
+/// order, with the accumulators in `acc` instead of registers; merged into the chunk with `f`.
+///
+/// The register tiles of [`moments_tile`] hold at most eight vectors of accumulators, so a row wider
+/// than a tile is read in several strided passes per block (two passes of 512 bytes over 1 KB rows for
+/// C = 256 on AVX-512), and even a row one tile wide is one of 32 separate streams. From memory that
+/// reads far below what a single walk in address order gets (Zen 4, `moments` of NHWC 32×C×56×56 and
+/// similar tensors of ~100 MB, GB/s, tiles → this: AVX-512 C = 64 18 → 26, C = 128 15 → 24, C = 256
+/// 10.5 → 17–19, C = 512 10.7 → 16.4; AVX2 C = 64 10.5 → 25–29, C = 256 9.3 → 18.8, C = 512 9 → 19).
+/// From the cache the tiles are faster (47 against 22 GB/s for 32×2048×7×7 from L3 on AVX-512: the
+/// accumulators' loads and stores then cost), so `rows_moments` takes this path only for tensors of at
+/// least four times the non-temporal threshold (beyond the L3 of a Zen 4 complex).
+///
+/// Every lane sees exactly the operations of the tiles in the same order (the shift, then per row
+/// `d = x − k`, `s1 += d`, `s2 += d·d`, then the same merge), so the results are bit-identical to the
+/// tiles'. Rows are taken one at a time: two rows per accumulator update (two streams 1 KB apart)
+/// measured as slow as the tiles.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn block_rows_moments<S: Simd, const N: usize>(
+    s: S,
+    x: &[f32],
+    block: &Block<'_>,
+    tiled: usize,
+    st: &mut GroupStats<N>,
+    f: BlockMerge,
+    acc: &mut RowAcc<N>,
+    pf: usize,
+) {
+    let l = S::LANES;
+    let running = if st.ccount == 0 { &st.tm } else { &st.cm };
+    let zero = s.splat(0.0);
+    let mut c = 0;
+    while c < tiled {
+        let k = s.add(s.load(&st.k0[c..]), s.load(&running[c..]));
+        s.store(&mut acc.k[c..], k);
+        s.store(&mut acc.a1[c..], zero);
+        s.store(&mut acc.a2[c..], zero);
+        c += l;
+    }
+    let (k, a1, a2) = (&acc.k[..tiled], &mut acc.a1[..tiled], &mut acc.a2[..tiled]);
+    for &(start, count) in block.runs {
+        let mut at = start;
+        for _ in 0..count {
+            add_row_mem(s, &x[at..at + tiled], k, a1, a2, pf);
+            at += block.stride;
+        }
+    }
+    let mut c = 0;
+    while c < tiled {
+        let (k, k0, m, m2) =
+            (s.load(&acc.k[c..]), s.load(&st.k0[c..]), s.load(&st.cm[c..]), s.load(&st.cm2[c..]));
+        let (mn, m2n) = merge(s, k, k0, m, m2, s.load(&acc.a1[c..]), s.load(&acc.a2[c..]), f);
+        s.store(&mut st.cm[c..], mn);
+        s.store(&mut st.cm2[c..], m2n);
+        c += l;
+    }
+}
+
+/// One row into the in-memory accumulators of [`block_rows_moments`], prefetching `pf` floats ahead
+/// (none for 0).
+#[inline(always)]
+fn add_row_mem<S: Simd>(s: S, row: &[f32], k: &[f32], a1: &mut [f32], a2: &mut [f32], pf: usize) {
+    let l = S::LANES;
+    let mut j = 0;
+    while j < row.len() {
+        if pf > 0 && j % LINE == 0 {
+            s.prefetch_ahead(&row[j..], pf);
+        }
+        let d = s.sub(s.load(&row[j..]), s.load(&k[j..]));
+        let t1 = s.add(s.load(&a1[j..]), d);
+        let t2 = s.mul_add(d, d, s.load(&a2[j..]));
+        s.store(&mut a1[j..], t1);
+        s.store(&mut a2[j..], t2);
+        j += l;
     }
 }
 
@@ -396,7 +509,7 @@ fn moments_tile<S: Simd, const T: usize, const U: usize, const N: usize>(
             r += quads.len() * 4;
             for q in quads {
                 for uu in 0..4 {
-                    if (uu * l) % LINE == 0 {
+                    if pf > 0 && (uu * l) % LINE == 0 {
                         s.prefetch_ahead(&q[uu * l..], pf);
                     }
                     let d = s.sub(s.load(&q[uu * l..]), k[0]);
@@ -491,7 +604,7 @@ fn add_row<S: Simd, const T: usize, const U: usize>(
         } else {
             s.load(&row[a..])
         };
-        if (j * l) % LINE == 0 {
+        if pf > 0 && (j * l) % LINE == 0 {
             s.prefetch_ahead(&row[a..], pf);
         }
         let d = s.sub(v, k[j]);
@@ -589,6 +702,8 @@ pub(crate) struct PlaneStats<S: Simd> {
     a1: [S::V; 4],
     a2: [S::V; 4],
     pending: usize,
+    /// Software prefetch distance in floats (0: none).
+    pf: usize,
 }
 
 impl<S: Simd> PlaneStats<S> {
@@ -597,9 +712,9 @@ impl<S: Simd> PlaneStats<S> {
     const BLOCK: usize = 64 * S::LANES;
 
     /// Empty statistics whose shift is the mean of the first block of `first` (see `rows_moments` and
-    /// `shift_vector`: exact whenever the scaled sum is).
+    /// `shift_vector`: exact whenever the scaled sum is), for a tensor of `len` floats.
     #[inline(always)]
-    pub(crate) fn new(s: S, first: &[f32]) -> Self {
+    pub(crate) fn new(s: S, first: &[f32], len: usize) -> Self {
         let zero = s.splat(0.0);
         let head = &first[..first.len().min(Self::BLOCK)];
         let k = head.first().copied().unwrap_or(0.0);
@@ -618,6 +733,7 @@ impl<S: Simd> PlaneStats<S> {
             a1: [zero; 4],
             a2: [zero; 4],
             pending: 0,
+            pf: if prefetch_limit(len) == 0 { 0 } else { PF_MIN },
         }
     }
 
@@ -627,7 +743,7 @@ impl<S: Simd> PlaneStats<S> {
         let mut rest = plane;
         while !rest.is_empty() {
             let take = rest.len().min(Self::BLOCK - self.pending);
-            accumulate(s, &rest[..take], self.kv, &mut self.a1, &mut self.a2);
+            accumulate(s, &rest[..take], self.kv, &mut self.a1, &mut self.a2, self.pf);
             self.pending += take;
             rest = &rest[take..];
             if self.pending == Self::BLOCK {
@@ -690,15 +806,16 @@ fn accumulate_scaled<S: Simd>(s: S, p: &[f32], kv: S::V, inv: S::V, a1: &mut [S:
     }
 }
 
-/// Adds `Σ(x − k)` and `Σ(x − k)²` of `p` into four accumulators each.
+/// Adds `Σ(x − k)` and `Σ(x − k)²` of `p` into four accumulators each, prefetching `pf` floats ahead
+/// (none for 0).
 #[inline(always)]
-fn accumulate<S: Simd>(s: S, p: &[f32], kv: S::V, a1: &mut [S::V; 4], a2: &mut [S::V; 4]) {
+fn accumulate<S: Simd>(s: S, p: &[f32], kv: S::V, a1: &mut [S::V; 4], a2: &mut [S::V; 4], pf: usize) {
     let l = S::LANES;
     let mut chunks = p.chunks_exact(4 * l);
     for ch in &mut chunks {
         for u in 0..4 {
-            if (u * l) % LINE == 0 {
-                s.prefetch_ahead(&ch[u * l..], PF_MIN);
+            if pf > 0 && (u * l) % LINE == 0 {
+                s.prefetch_ahead(&ch[u * l..], pf);
             }
             let d = s.sub(s.load(&ch[u * l..]), kv);
             a1[u] = s.add(a1[u], d);

@@ -67,6 +67,8 @@ pub(crate) struct Caches {
     pub l2: usize,
     /// Last-level (level-3) cache, as CPUID reports it (shared by the cores of its complex).
     pub l3: usize,
+    /// The vendor string is "AuthenticAMD".
+    pub amd: bool,
 }
 
 /// Reads the cache sizes: CPUID leaf 4 (Intel's deterministic cache parameters), else leaf 0x8000001D
@@ -81,6 +83,11 @@ pub(crate) fn caches() -> Caches {
     #[allow(unused_unsafe)]
     // SAFETY: leaf 0x80000000 reports the highest extended leaf on every x86-64 processor.
     let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
+    #[allow(unused_unsafe)]
+    // SAFETY: as above (leaf 0 also holds the vendor string, in EBX, EDX, ECX).
+    let v = unsafe { __cpuid(0) };
+    // "Auth" "enti" "cAMD", little-endian.
+    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163);
     let mut c = Caches::default();
     if max_leaf >= 4 {
         c = deterministic(4);
@@ -100,6 +107,7 @@ pub(crate) fn caches() -> Caches {
         c.l2 = (r.ecx >> 16) as usize * 1024;
         c.l3 = (r.edx >> 18) as usize * 512 * 1024;
     }
+    c.amd = amd;
     c
 }
 
