@@ -246,7 +246,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
         // fit in L2 together (a larger pair would evict the chunk being read). That is a test of the
         // pair, not of the chunk size: a single channel of more than a chunk (NCHW 32×256×56×56, 401 KB
         // a channel, chunks of 256 KB on a 1 MB L2) still overlaps its successor's reads with its writes
-        // (Zen 4, r50-s2 NCHW training: 16 → 18–21 GB/s).
+        // (Zen 4, r50-s2 NCHW training on AVX-512: 16 → 17.3–19.1 GB/s).
         let mut pf = match parts.peek() {
             Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) + chunk_bytes(desc, n0, n1) <= pair => {
                 chunk_lines(desc, n0, n1)

@@ -26,12 +26,20 @@ pub(crate) const ROW_BLOCK: usize = 32;
 /// still in L2 when the loop reaches them. None where [`prefetch_limit`] says so.
 const PF_MIN: usize = 2048;
 
+/// Whether a tensor of `len` floats is read from memory rather than the L3: at least four times the
+/// non-temporal threshold in bytes, i.e. `len` floats against `stream_min_bytes`. Decides both the
+/// statistics' row-order walk and, on AMD, their prefetch.
+#[inline(always)]
+fn from_memory(len: usize) -> bool {
+    len >= crate::tuning::get().stream_min_bytes
+}
+
 /// The farthest the statistics of a tensor of `len` floats prefetch, in floats (0: they do not; see
 /// `crate::tuning`: not at all with a prefetch distance of 0, and not from memory on AMD).
 #[inline(always)]
 pub(crate) fn prefetch_limit(len: usize) -> usize {
     let t = crate::tuning::get();
-    if !t.memory_prefetch && len >= t.stream_min_bytes { 0 } else { t.prefetch_bytes / 4 }
+    if !t.memory_prefetch && from_memory(len) { 0 } else { t.prefetch_bytes / 4 }
 }
 
 /// Floats per 64-byte cache line: one prefetch per line.
@@ -227,7 +235,6 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
     // the rows per block keeps their chains at 16 additions and halves the merges.
     let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
-    let t = crate::tuning::get();
     let pf = match prefetch_limit(x.len()) {
         0 => 0,
         p => (rb * rows.inner_stride).clamp(PF_MIN, p.max(PF_MIN)),
@@ -236,8 +243,8 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     // The columns the register tiles below cover; for a tensor that comes from memory they are read
     // row by row instead (`block_rows_moments`).
     let tiled = w - w % (TILE * l);
-    // (Four times the non-temporal threshold, in floats; the accumulators are only set up for it.)
-    let mut row_major = (tiled >= l && x.len() >= t.stream_min_bytes).then(RowAcc::<N>::new);
+    // (The accumulators are only set up for it.)
+    let mut row_major = (tiled >= l && from_memory(x.len())).then(RowAcc::<N>::new);
     loop {
         let (k, b) = rows.next_block(&mut cursor, &mut runs, rb);
         if b == 0 {
