@@ -446,3 +446,38 @@ fn subnormal_mean_within_bound() {
 
 /// The bound the README states for the mean of subnormal data, in subnormal ulps.
 const SUBNORMAL_MEAN_ULPS: f64 = 4.0;
+
+/// The first sample unlike the rest of the batch: channel `c`'s values are `a` in sample 0 and `b` plus a
+/// small spread elsewhere. The statistics' shift must come from a whole first block, not from whatever the
+/// first plane holds; a shift from sample 0's 7×7 plane alone left `s2 − s1²/b` to cancel by a factor of
+/// about N and broke the variance bound by the fuzzer's input (33.6 U on 7×36×7 NCHW, scalar tier).
+#[test]
+fn unrepresentative_first_plane() {
+    for (seed, layout) in LAYOUTS.into_iter().enumerate() {
+        for shape in [Shape::new(7, 5, 7), Shape::new(32, 3, 7), Shape::new(32, 3, 49), Shape::new(3, 2, 300)]
+        {
+            let mut rng = Rng(seed as u64 * 31 + shape.n as u64);
+            let mut case = gen_case(seed as u64, shape, layout, 1.0);
+            for c in 0..shape.c {
+                let (a, b) = (rng.range(-1e-3, 1e-3) as f32, rng.range(-1e-3, 1e-3) as f32);
+                for n in 0..shape.n {
+                    for s in 0..shape.spatial {
+                        let v = if n == 0 { a } else { b + (rng.below(5) as f32 - 2.0) * 1e-7 };
+                        case.x[oracle::offset(shape, layout, n, c, s)] = v;
+                    }
+                }
+            }
+            for k in tiers("unrepresentative_first_plane") {
+                let d = TensorDesc::new(shape, layout).unwrap();
+                let (mut m, mut v) = (vec![0.0; shape.c], vec![0.0; shape.c]);
+                k.moments(&d, &case.x, &mut m, &mut v).unwrap();
+                let what = format!("{} {layout:?} {shape:?}", k.isa());
+                check_moments(&case, &m, &v).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let (tm, tv, y) = train(&k, &case);
+                check_moments(&case, &tm, &tv).unwrap_or_else(|e| panic!("{what} training: {e}"));
+                check_outputs(&case, &y, &training_norm(&case), true)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+        }
+    }
+}

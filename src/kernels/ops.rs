@@ -330,8 +330,8 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
         Kind::Channels => contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
         Kind::Planes => {
             for c in c0..c1 {
-                let first = &x[c * sh.spatial..(c + 1) * sh.spatial];
-                let mut st = PlaneStats::new(s, first, x.len());
+                let stride = sh.c * sh.spatial;
+                let mut st = PlaneStats::new(s, x, c * sh.spatial, stride, sh.n, sh.spatial, x.len());
                 for n in 0..sh.n {
                     let at = (n * sh.c + c) * sh.spatial;
                     st.add_plane(s, &x[at..at + sh.spatial]);

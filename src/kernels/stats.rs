@@ -718,18 +718,38 @@ impl<S: Simd> PlaneStats<S> {
     /// of additions let the rounding of structured data — long constant runs — add up).
     const BLOCK: usize = 64 * S::LANES;
 
-    /// Empty statistics whose shift is the mean of the first block of `first` (see `rows_moments` and
-    /// `shift_vector`: exact whenever the scaled sum is), for a tensor of `len` floats.
+    /// Empty statistics whose shift is the mean of the channel's first block — the first
+    /// `min(BLOCK, planes·plane)` values in the order [`add_plane`](Self::add_plane) will consume them, which
+    /// span planes when they are small (see `rows_moments` and `shift_vector`: exact whenever the scaled sum
+    /// is) — for the channel whose planes of `plane` floats start at `x[at + i·stride]`, `i < planes`, in a
+    /// tensor of `len` floats. A shift from the first plane alone would sit wherever that plane happens to
+    /// be: a 7×7 plane unlike the rest of the batch left `s2 − s1²/b` to cancel by a factor of up to N.
     #[inline(always)]
-    pub(crate) fn new(s: S, first: &[f32], len: usize) -> Self {
+    pub(crate) fn new(
+        s: S,
+        x: &[f32],
+        at: usize,
+        stride: usize,
+        planes: usize,
+        plane: usize,
+        len: usize,
+    ) -> Self {
         let zero = s.splat(0.0);
-        let head = &first[..first.len().min(Self::BLOCK)];
-        let k = head.first().copied().unwrap_or(0.0);
+        let head = (planes * plane).min(Self::BLOCK);
+        let k = if head > 0 { x[at] } else { 0.0 };
         let mut a1 = [zero; 4];
-        let p = pow2_below_inv(head.len());
-        // Σ((x − k)·p): overflows only where two values differ by more than f32::MAX.
-        accumulate_scaled(s, head, s.splat(k), s.splat(p), &mut a1);
-        let k0 = k + s.hsum(sum_tree(s, &a1)) / (head.len().max(1) as f32 * p);
+        let p = pow2_below_inv(head);
+        let (kv, pv) = (s.splat(k), s.splat(p));
+        let (mut left, mut i) = (head, 0);
+        while left > 0 {
+            let take = left.min(plane);
+            let from = at + i * stride;
+            // Σ((x − k)·p): overflows only where two values differ by more than f32::MAX.
+            accumulate_scaled(s, &x[from..from + take], kv, pv, &mut a1);
+            left -= take;
+            i += 1;
+        }
+        let k0 = k + s.hsum(sum_tree(s, &a1)) / (head.max(1) as f32 * p);
         PlaneStats {
             k0,
             chunk: (0.0, 0.0, 0),
