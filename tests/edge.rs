@@ -454,8 +454,11 @@ const SUBNORMAL_MEAN_ULPS: f64 = 4.0;
 #[test]
 fn unrepresentative_first_plane() {
     for (seed, layout) in LAYOUTS.into_iter().enumerate() {
-        for shape in [Shape::new(7, 5, 7), Shape::new(32, 3, 7), Shape::new(32, 3, 49), Shape::new(3, 2, 300)]
-        {
+        // Under miri (which interprets every instruction) the two 7×7-plane shapes only: 32×3×7 is the one
+        // that failed.
+        let shapes =
+            [Shape::new(7, 5, 7), Shape::new(32, 3, 7), Shape::new(32, 3, 49), Shape::new(3, 2, 300)];
+        for shape in shapes.into_iter().take(if cfg!(miri) { 2 } else { 4 }) {
             let mut rng = Rng(seed as u64 * 31 + shape.n as u64);
             let mut case = gen_case(seed as u64, shape, layout, 1.0);
             for c in 0..shape.c {
