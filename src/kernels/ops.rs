@@ -331,7 +331,7 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
         Kind::Planes => {
             for c in c0..c1 {
                 let stride = sh.c * sh.spatial;
-                let mut st = PlaneStats::new(s, x, c * sh.spatial, stride, sh.n, sh.spatial, x.len());
+                let mut st = PlaneStats::new(s, x, c * sh.spatial, stride, sh.n, sh.spatial);
                 for n in 0..sh.n {
                     let at = (n * sh.c + c) * sh.spatial;
                     st.add_plane(s, &x[at..at + sh.spatial]);

@@ -721,19 +721,11 @@ impl<S: Simd> PlaneStats<S> {
     /// Empty statistics whose shift is the mean of the channel's first block — the first
     /// `min(BLOCK, planes·plane)` values in the order [`add_plane`](Self::add_plane) will consume them, which
     /// span planes when they are small (see `rows_moments` and `shift_vector`: exact whenever the scaled sum
-    /// is) — for the channel whose planes of `plane` floats start at `x[at + i·stride]`, `i < planes`, in a
-    /// tensor of `len` floats. A shift from the first plane alone would sit wherever that plane happens to
+    /// is) — for the channel whose planes of `plane` floats start at `x[at + i·stride]`, `i < planes`, in the
+    /// tensor `x`. A shift from the first plane alone would sit wherever that plane happens to
     /// be: a 7×7 plane unlike the rest of the batch left `s2 − s1²/b` to cancel by a factor of up to N.
     #[inline(always)]
-    pub(crate) fn new(
-        s: S,
-        x: &[f32],
-        at: usize,
-        stride: usize,
-        planes: usize,
-        plane: usize,
-        len: usize,
-    ) -> Self {
+    pub(crate) fn new(s: S, x: &[f32], at: usize, stride: usize, planes: usize, plane: usize) -> Self {
         let zero = s.splat(0.0);
         let head = (planes * plane).min(Self::BLOCK);
         let k = if head > 0 { x[at] } else { 0.0 };
@@ -760,7 +752,7 @@ impl<S: Simd> PlaneStats<S> {
             a1: [zero; 4],
             a2: [zero; 4],
             pending: 0,
-            pf: if prefetch_limit(len) == 0 { 0 } else { PF_MIN },
+            pf: if prefetch_limit(x.len()) == 0 { 0 } else { PF_MIN },
         }
     }
 
