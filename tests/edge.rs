@@ -484,3 +484,58 @@ fn unrepresentative_first_plane() {
         }
     }
 }
+
+/// Channels-last rows wide enough to be normalised in bands of four rows on the AVX-512 tier (C = 1536
+/// and 2048: their parameters exceed half an L1; other tiers walk them row by row), with 4k + r rows for every r, beside a width that is not a whole
+/// number of lines (1544: row by row): every output against the oracle, and bit for bit equal to the
+/// same rows normalised one call per row (a lone row is never banded), out of place at two output
+/// alignments and in place.
+#[test]
+fn wide_rows_in_bands() {
+    for k in tiers("wide_rows_in_bands") {
+        for (c, rows) in [(2048, 9), (1536, 6), (2048, 4), (1536, 7), (1544, 5)] {
+            let shape = Shape::new(rows, c, 1);
+            let case = gen_case(c as u64 + rows as u64, shape, Layout::Nhwc, 1e2);
+            let d = TensorDesc::new(shape, Layout::Nhwc).unwrap();
+            let aff = Affine { gamma: case.gamma.as_deref(), beta: case.beta.as_deref(), eps: case.eps };
+            let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
+            k.moments(&d, &case.x, &mut m, &mut v).unwrap();
+            let norm = norm_with(
+                &case,
+                m.iter().map(|&a| a as f64).collect(),
+                v.iter().map(|&a| a as f64).collect(),
+            );
+            let row = TensorDesc::new(Shape::new(1, c, 1), Layout::Nhwc).unwrap();
+            let mut one = vec![0.0; c];
+            let mut by_row = Vec::with_capacity(d.len());
+            for x in case.x.chunks(c) {
+                k.forward_inference(&row, x, &mut one, &aff, &m, &v).unwrap();
+                by_row.extend_from_slice(&one);
+            }
+            let ctx = |e: String| format!("{} C={c} rows={rows}: {e}", k.isa());
+            check_outputs(&case, &by_row, &norm, false).map_err(ctx).unwrap();
+            for align in [0, 5] {
+                let mut yb = vec![f32::NAN; d.len() + 32];
+                let off = (16 - (yb.as_ptr() as usize / 4) % 16) % 16 + align;
+                let y = &mut yb[off..off + d.len()];
+                k.forward_inference(&d, &case.x, y, &aff, &m, &v).unwrap();
+                let same = y.iter().zip(&by_row).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{}",
+                    ctx(format!("output {align} floats past a line differs from row by row"))
+                );
+            }
+            let mut xy = case.x.clone();
+            k.forward_inference_in_place(&d, &mut xy, &aff, &m, &v).unwrap();
+            assert!(
+                xy.iter().zip(&by_row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}",
+                ctx("in place".into())
+            );
+            // Training normalises its chunks with the same walk.
+            let (_, _, y) = train(&k, &case);
+            check_outputs(&case, &y, &training_norm(&case), true).map_err(ctx).unwrap();
+        }
+    }
+}

@@ -54,3 +54,11 @@ fn wide_channels() {
     // C > GROUP: channels-last rows in two groups, blocked S = 1 rows with padding; 8.6 MB.
     check_large(Shape::new(4200, 517, 1), 12);
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "too large for miri")]
+fn wide_rows_streamed_in_bands() {
+    // Channels-last rows of 2048 channels, normalised four rows at a time with non-temporal stores
+    // (8.4 MB), 1030 rows: bands and a remainder of two rows.
+    check_large(Shape::new(1030, 2048, 1), 13);
+}
