@@ -73,6 +73,7 @@ impl Kernels {
     /// Per-channel mean and population variance (divided by the count N·S) of `x`, in one read pass.
     ///
     /// Errors: `x` not `desc.len()` long, or `mean`/`var` not C long.
+    #[inline(always)]
     pub fn moments(
         &self,
         desc: &TensorDesc,
@@ -91,6 +92,7 @@ impl Kernels {
     ///
     /// Errors: slice lengths (`x`, `y`: `desc.len()`; `mean`, `var`, `gamma`, `beta`: C), ε negative or
     /// not finite.
+    #[inline(always)]
     pub fn forward_training(
         &self,
         desc: &TensorDesc,
@@ -111,6 +113,7 @@ impl Kernels {
     }
 
     /// [`forward_training`](Self::forward_training) overwriting its input: gives the same bits.
+    #[inline(always)]
     pub fn forward_training_in_place(
         &self,
         desc: &TensorDesc,
@@ -132,6 +135,7 @@ impl Kernels {
     /// `y = (x − mean)·γ/√(var + ε) + β`.
     ///
     /// Errors: slice lengths, ε negative or not finite, a variance negative or NaN.
+    #[inline(always)]
     pub fn forward_inference(
         &self,
         desc: &TensorDesc,
@@ -151,6 +155,7 @@ impl Kernels {
     }
 
     /// [`forward_inference`](Self::forward_inference) overwriting its input: gives the same bits.
+    #[inline(always)]
     pub fn forward_inference_in_place(
         &self,
         desc: &TensorDesc,
@@ -170,6 +175,7 @@ impl Kernels {
     /// `y = x·scale[c] + shift[c]`, for parameters folded ahead of time.
     ///
     /// Errors: slice lengths (`scale`, `shift`: C).
+    #[inline(always)]
     pub fn channel_affine(
         &self,
         desc: &TensorDesc,
@@ -188,6 +194,7 @@ impl Kernels {
     }
 
     /// [`channel_affine`](Self::channel_affine) overwriting its input: gives the same bits.
+    #[inline(always)]
     pub fn channel_affine_in_place(
         &self,
         desc: &TensorDesc,
@@ -206,7 +213,7 @@ impl Kernels {
 
 /// [`Kernels::moments`] on the best available tier.
 pub fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) -> Result<(), Error> {
-    Kernels::detect().moments(desc, x, mean, var)
+    Kernels::for_free_functions().moments(desc, x, mean, var)
 }
 
 /// [`Kernels::forward_training`] on the best available tier.
@@ -218,7 +225,7 @@ pub fn forward_training(
     mean: &mut [f32],
     var: &mut [f32],
 ) -> Result<(), Error> {
-    Kernels::detect().forward_training(desc, x, y, affine, mean, var)
+    Kernels::for_free_functions().forward_training(desc, x, y, affine, mean, var)
 }
 
 /// [`Kernels::forward_training_in_place`] on the best available tier.
@@ -229,7 +236,7 @@ pub fn forward_training_in_place(
     mean: &mut [f32],
     var: &mut [f32],
 ) -> Result<(), Error> {
-    Kernels::detect().forward_training_in_place(desc, xy, affine, mean, var)
+    Kernels::for_free_functions().forward_training_in_place(desc, xy, affine, mean, var)
 }
 
 /// [`Kernels::forward_inference`] on the best available tier.
@@ -241,7 +248,7 @@ pub fn forward_inference(
     mean: &[f32],
     var: &[f32],
 ) -> Result<(), Error> {
-    Kernels::detect().forward_inference(desc, x, y, affine, mean, var)
+    Kernels::for_free_functions().forward_inference(desc, x, y, affine, mean, var)
 }
 
 /// [`Kernels::forward_inference_in_place`] on the best available tier.
@@ -252,7 +259,7 @@ pub fn forward_inference_in_place(
     mean: &[f32],
     var: &[f32],
 ) -> Result<(), Error> {
-    Kernels::detect().forward_inference_in_place(desc, xy, affine, mean, var)
+    Kernels::for_free_functions().forward_inference_in_place(desc, xy, affine, mean, var)
 }
 
 /// [`Kernels::channel_affine`] on the best available tier.
@@ -263,7 +270,7 @@ pub fn channel_affine(
     scale: &[f32],
     shift: &[f32],
 ) -> Result<(), Error> {
-    Kernels::detect().channel_affine(desc, x, y, scale, shift)
+    Kernels::for_free_functions().channel_affine(desc, x, y, scale, shift)
 }
 
 /// [`Kernels::channel_affine_in_place`] on the best available tier.
@@ -273,7 +280,7 @@ pub fn channel_affine_in_place(
     scale: &[f32],
     shift: &[f32],
 ) -> Result<(), Error> {
-    Kernels::detect().channel_affine_in_place(desc, xy, scale, shift)
+    Kernels::for_free_functions().channel_affine_in_place(desc, xy, scale, shift)
 }
 
 /// Updates running statistics the way PyTorch does, from a batch's `mean` and population `var` over

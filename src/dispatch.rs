@@ -160,6 +160,19 @@ impl Kernels {
         Kernels { isa: Isa::detect() }
     }
 
+    /// The kernels the free functions run: the best tier detected at run time where the crate detects
+    /// tiers (x86-64; any target with `std`, whose `BNORM_MAX_ISA` caps detection; miri), and elsewhere
+    /// (no_std on Arm, RISC-V, wasm32…, where the best tier is known when compiling) the portable tier
+    /// as a constant, so that a free-function call links that one tier's code for its operation only.
+    #[inline(always)]
+    pub(crate) fn for_free_functions() -> Kernels {
+        #[cfg(any(target_arch = "x86_64", feature = "std", miri))]
+        let k = Kernels::detect();
+        #[cfg(not(any(target_arch = "x86_64", feature = "std", miri)))]
+        let k = Kernels { isa: Isa::Portable };
+        k
+    }
+
     /// The tier these kernels run.
     pub const fn isa(&self) -> Isa {
         self.isa

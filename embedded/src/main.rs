@@ -100,9 +100,8 @@ fn main() -> ! {
     // operation of every tier does not fit there yet).
     #[cfg(small_ram)]
     {
-        let k = Kernels::new(Isa::Scalar).expect("the scalar tier is always available");
         for &(n, c, s) in &SHAPES {
-            small_device(&mut ctx, &k, Shape::new(n, c, s), Layout::Nchw, &clock);
+            small_device(&mut ctx, Shape::new(n, c, s), Layout::Nchw, &clock);
         }
     }
 
@@ -372,11 +371,12 @@ fn correctness(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout) {
 /// Training and inference on one shape: outputs against the reference, with the peak stack and the
 /// instructions per element of each call.
 #[cfg(small_ram)]
-fn small_device(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout, clock: &Clock) {
+fn small_device(ctx: &mut Ctx<'_>, sh: Shape, layout: Layout, clock: &Clock) {
     let desc = TensorDesc::new(sh, layout).expect("valid shape");
     let len = desc.len();
     let c = sh.c;
-    let tag = |op| Tag { isa: k.isa(), sh, layout, op };
+    // The free functions: on a target without run-time detection, one tier fixed at compile time.
+    let tag = |op| Tag { isa: Isa::detect(), sh, layout, op };
     let mut xb = [0.0f32; MAX];
     let mut yb = [0.0f32; MAX];
     let (x, y) = (&mut xb[..len], &mut yb[..len]);
@@ -390,7 +390,8 @@ fn small_device(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout, clock
     let (mut m, mut v) = ([0.0f32; 16], [0.0f32; 16]);
     let (mut ok, mut ins) = (false, 0);
     let st = stack_peak(|| {
-        ins = clock.count(|| ok = k.forward_training(&desc, x, y, &aff, &mut m[..c], &mut v[..c]).is_ok())
+        ins =
+            clock.count(|| ok = bnorm::forward_training(&desc, x, y, &aff, &mut m[..c], &mut v[..c]).is_ok())
     });
     ctx.check(ok, format_args!("{}: error", tag("training")));
     check_stats(ctx, &tag("training"), sh, layout, x, &m[..c], &v[..c]);
@@ -402,7 +403,7 @@ fn small_device(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout, clock
         ins as f32 / len as f32
     );
     let st = stack_peak(|| {
-        ins = clock.count(|| ok = k.forward_inference(&desc, x, y, &aff, &m[..c], &v[..c]).is_ok())
+        ins = clock.count(|| ok = bnorm::forward_inference(&desc, x, y, &aff, &m[..c], &v[..c]).is_ok())
     });
     ctx.check(ok, format_args!("{}: error", tag("inference")));
     check_outputs(ctx, &tag("inference"), sh, layout, x, y, (&m[..c], &v[..c]), aff.eps, false);

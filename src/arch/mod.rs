@@ -113,6 +113,11 @@ use crate::kernels::ops::Call;
 
 /// Runs a validated call on tier `isa`. A tier the CPU lacks never reaches here (a `Kernels` value holds
 /// only available tiers); should one arrive anyway, the portable tier runs it.
+///
+/// Inlined into each operation, so that the `match` on the call's kind folds away (a call site links
+/// only its operation's entry points) and, where `isa` is a constant (the free functions on targets
+/// without run-time detection), the `match` on the tier too.
+#[inline(always)]
 pub(crate) fn run(isa: Isa, call: Call<'_>) {
     match isa {
         Isa::Scalar => scalar_entries::dispatch(scalar::Scalar, call),
