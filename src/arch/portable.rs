@@ -63,7 +63,13 @@ impl Simd for Portable {
         // `sqrt` is correctly rounded on every target (sqrtps, vsqrtq_f32, f32x4_sqrt, or fdlibm's
         // bit-exact software square root); `recip_sqrt` would be a 12-bit estimate on x86.
         let zero = f32x4::ZERO;
-        let r = f32x4::ONE / v.sqrt();
+        // On Arm hard-float targets `wide` has no vector square root and would run fdlibm's software one
+        // per lane: the FPU's `vsqrt.f32` per lane instead (the same correctly rounded bits).
+        #[cfg(all(not(feature = "std"), target_arch = "arm", target_abi = "eabihf"))]
+        let v_sqrt = f32x4::new(v.to_array().map(super::scalar::sqrt_f32));
+        #[cfg(not(all(not(feature = "std"), target_arch = "arm", target_abi = "eabihf")))]
+        let v_sqrt = v.sqrt();
+        let r = f32x4::ONE / v_sqrt;
         v.simd_eq(zero).select(zero, r)
     }
     #[inline(always)]

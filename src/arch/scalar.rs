@@ -7,15 +7,39 @@ use super::Simd;
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Scalar;
 
-/// Correctly rounded f32 square root without std: `wide` computes it with the hardware instruction
-/// where the target has one and with fdlibm's bit-exact software square root elsewhere (thumbv7em).
+/// Correctly rounded f32 square root without std: on Arm's hard-float targets (Cortex-M4F/M7/M33 …,
+/// whose FPU every `eabihf` target has) the FPU's `vsqrt.f32`; elsewhere `wide`, which uses the hardware
+/// instruction where the target has one and fdlibm's bit-exact software square root otherwise (about
+/// 800 instructions on a Cortex-M4F, so `vsqrt.f32` there). IEEE 754 rounds a square root correctly,
+/// so every path gives the same bits.
 #[inline(always)]
 pub(crate) fn sqrt_f32(x: f32) -> f32 {
     #[cfg(feature = "std")]
     {
         x.sqrt()
     }
-    #[cfg(not(feature = "std"))]
+    #[cfg(all(not(feature = "std"), target_arch = "arm", target_abi = "eabihf"))]
+    {
+        let bits: u32;
+        // SAFETY: `vsqrt.f32` is part of every FPU the hard-float ABI requires. rustc offers the `sreg`
+        // register class only with double-precision `vfp2`, which single-precision FPUs (Cortex-M4F)
+        // lack, so the value goes through a core register and `s0`, saved and restored around it: the
+        // block pushes and pops only its own word, and leaves every register as it found it.
+        unsafe {
+            core::arch::asm!(
+                "vpush {{s0}}",
+                "vmov s0, {x}",
+                "vsqrt.f32 s0, s0",
+                "vmov {r}, s0",
+                "vpop {{s0}}",
+                x = in(reg) x.to_bits(),
+                r = lateout(reg) bits,
+                options(pure, nomem, preserves_flags),
+            );
+        }
+        f32::from_bits(bits)
+    }
+    #[cfg(all(not(feature = "std"), not(all(target_arch = "arm", target_abi = "eabihf"))))]
     {
         wide::f32x4::splat(x).sqrt().to_array()[0]
     }
