@@ -31,6 +31,9 @@ pub(crate) trait Simd: Copy {
     const REGS: usize = 16;
     /// The vector register type.
     type V: Copy;
+    /// Whether the tier's normalise pass is the plain per-channel loops of `kernels::compact` (the
+    /// one-lane scalar tier) rather than the vector runs of `kernels::normalize`.
+    const COMPACT: bool = false;
 
     /// Every lane set to `x`.
     fn splat(self, x: f32) -> Self::V;

@@ -48,6 +48,7 @@ pub(crate) fn sqrt_f32(x: f32) -> f32 {
 impl Simd for Scalar {
     const LANES: usize = 1;
     type V = f32;
+    const COMPACT: bool = true;
 
     #[inline(always)]
     fn splat(self, x: f32) -> f32 {

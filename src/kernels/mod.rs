@@ -6,6 +6,7 @@
 //! - `ops`: the per-layout drivers behind every public operation: `moments_op`, `training_op` and
 //!   `normalize_op`, which each tier instantiates in its own entry points (`crate::arch`).
 
+pub(crate) mod compact;
 pub(crate) mod limit;
 pub(crate) mod normalize;
 pub(crate) mod ops;
@@ -57,6 +58,11 @@ pub(crate) trait Io {
     fn store4<S: Simd>(&mut self, s: S, at: usize, v: [S::V; 4], stream: bool);
     /// Stores one vector at `at`, non-temporally with `stream` (out of place only).
     fn put<S: Simd>(&mut self, s: S, at: usize, v: S::V, stream: bool);
+    /// `y[i] = f(x[i])` for the `count` elements `i = at, at + step, …` (scalar code: the scalar tier's
+    /// pass, [`compact`]).
+    fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32);
+    /// `y[i..i + 4] = f(x[i..i + 4])` for the `count` positions `i = at, at + step, …` (`step ≥ 4`).
+    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]);
     /// Prefetches the input lines of the next `n` floats of `pf` (see [`Prefetch`]).
     #[inline(always)]
     fn prefetch<S: Simd>(&self, s: S, pf: &mut Prefetch, n: usize) {
@@ -131,7 +137,44 @@ pub(crate) struct InPlace<'a> {
     pub xy: &'a mut [f32],
 }
 
+/// The range `at..` that `count` groups of four, `step` apart, span (empty for none).
+#[inline(always)]
+fn groups_span(at: usize, step: usize, count: usize) -> core::ops::Range<usize> {
+    if count == 0 { at..at } else { at..at + (count - 1) * step + 4 }
+}
+
+/// The range `at..` that `count` elements `step` apart span (empty for none).
+#[inline(always)]
+fn strided_span(at: usize, step: usize, count: usize) -> core::ops::Range<usize> {
+    if count == 0 { at..at } else { at..at + (count - 1) * step + 1 }
+}
+
 impl Io for Split<'_> {
+    #[inline(always)]
+    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]) {
+        let r = groups_span(at, step, count);
+        let (x, y) = (&self.x[r.clone()], &mut self.y[r]);
+        // Every chunk is `step ≥ 4` long but the last, which is exactly 4.
+        for (y, x) in y.chunks_mut(step).zip(x.chunks(step)) {
+            if let (Some(y), Some(x)) = (y.first_chunk_mut::<4>(), x.first_chunk::<4>()) {
+                *y = f(*x);
+            }
+        }
+    }
+    #[inline(always)]
+    fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32) {
+        let r = strided_span(at, step, count);
+        let (x, y) = (&self.x[r.clone()], &mut self.y[r]);
+        if step == 1 {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = f(x);
+            }
+        } else {
+            for (y, &x) in y.iter_mut().step_by(step).zip(x.iter().step_by(step)) {
+                *y = f(x);
+            }
+        }
+    }
     #[inline(always)]
     fn input(&self) -> &[f32] {
         self.x
@@ -171,6 +214,28 @@ impl Io for Split<'_> {
 }
 
 impl Io for InPlace<'_> {
+    #[inline(always)]
+    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]) {
+        let r = groups_span(at, step, count);
+        for v in self.xy[r].chunks_mut(step) {
+            if let Some(v) = v.first_chunk_mut::<4>() {
+                *v = f(*v);
+            }
+        }
+    }
+    #[inline(always)]
+    fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32) {
+        let r = strided_span(at, step, count);
+        if step == 1 {
+            for v in &mut self.xy[r] {
+                *v = f(*v);
+            }
+        } else {
+            for v in self.xy[r].iter_mut().step_by(step) {
+                *v = f(*v);
+            }
+        }
+    }
     #[inline(always)]
     fn input(&self) -> &[f32] {
         self.xy

@@ -99,6 +99,13 @@ pub(crate) fn training_op<S: Simd, I: Io>(
     var: &mut [f32],
     out_of_place: bool,
 ) {
+    if S::COMPACT {
+        // The statistics pass, then the compact normalise pass over the whole tensor.
+        moments_op(s, desc, io.input(), mean, var);
+        let (gamma, beta, eps) = affine;
+        super::compact::normalize(desc, io, ParamSrc::Stats { mean, var, gamma, beta, eps });
+        return;
+    }
     if wide(desc) {
         training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, affine, mean, var, out_of_place)
     } else {
@@ -115,6 +122,10 @@ pub(crate) fn normalize_op<S: Simd, I: Io>(
     params: ParamSrc<'_>,
     out_of_place: bool,
 ) {
+    if S::COMPACT {
+        super::compact::normalize(desc, io, params);
+        return;
+    }
     if wide(desc) {
         normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, params, out_of_place)
     } else {
