@@ -30,8 +30,12 @@ impl Isa {
     /// `avx512`, ASCII case ignored) caps detection when it is first made, so that tests can walk the
     /// lower tiers on a CPU that has the higher ones. An empty value is the same as no variable; any
     /// other value is not a cap: it is ignored, with a warning on stderr. Under miri this is `Portable`.
+    ///
+    /// Where the portable tier has no SIMD instructions to use (Cortex-M, RISC-V without vectors, …:
+    /// `wide` then runs its four lanes as scalar code) this is the scalar tier, whose plain loops are
+    /// as fast there and far smaller in code and stack; the portable tier stays available.
     pub fn detect() -> Isa {
-        best()
+        preferred(best())
     }
 
     /// Whether this CPU (and OS) can run the tier, within the `BNORM_MAX_ISA` cap. Tiers are ordered:
@@ -45,7 +49,7 @@ impl Isa {
     /// ```
     /// let tiers: Vec<bnorm::Isa> = bnorm::Isa::available().collect();
     /// assert_eq!(tiers[0], bnorm::Isa::Scalar);
-    /// assert_eq!(tiers.last(), Some(&bnorm::Isa::detect()));
+    /// assert!(tiers.contains(&bnorm::Isa::detect()));
     /// ```
     pub fn available() -> impl Iterator<Item = Isa> {
         Isa::ALL.into_iter().filter(|i| i.is_available())
@@ -70,6 +74,27 @@ impl Isa {
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Whether the portable tier has SIMD instructions on this target (`wide`'s backends: SSE2 on x86,
+/// NEON on aarch64 and on Arm with NEON, simd128 on wasm32); elsewhere it is scalar code in four-lane
+/// form.
+const PORTABLE_IS_SIMD: bool = cfg!(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_feature = "neon"),
+    all(target_arch = "wasm32", target_feature = "simd128"),
+));
+
+/// The tier to run given the highest available one: the scalar tier instead of a portable tier
+/// without SIMD.
+#[inline(always)]
+const fn preferred(best: Isa) -> Isa {
+    match best {
+        Isa::Portable if !PORTABLE_IS_SIMD => Isa::Scalar,
+        other => other,
     }
 }
 
@@ -162,14 +187,15 @@ impl Kernels {
 
     /// The kernels the free functions run: the best tier detected at run time where the crate detects
     /// tiers (x86-64; any target with `std`, whose `BNORM_MAX_ISA` caps detection; miri), and elsewhere
-    /// (no_std on Arm, RISC-V, wasm32…, where the best tier is known when compiling) the portable tier
-    /// as a constant, so that a free-function call links that one tier's code for its operation only.
+    /// (no_std on Arm, RISC-V, wasm32…, where the best tier is known when compiling) [`Isa::detect`]'s
+    /// choice as a constant, so that a free-function call links that one tier's code for its operation
+    /// only.
     #[inline(always)]
     pub(crate) fn for_free_functions() -> Kernels {
         #[cfg(any(target_arch = "x86_64", feature = "std", miri))]
         let k = Kernels::detect();
         #[cfg(not(any(target_arch = "x86_64", feature = "std", miri)))]
-        let k = Kernels { isa: Isa::Portable };
+        let k = Kernels { isa: preferred(Isa::Portable) };
         k
     }
 

@@ -60,14 +60,14 @@ const PAINT: u32 = 0x5AA5_C33C;
 fn main() -> ! {
     let mut p = cortex_m::Peripherals::take().expect("first and only take");
     let clock = Clock::start(&mut p.SYST);
-    hprintln!("bnorm firmware: {} instructions per SysTick tick (calibrated)", clock.per_tick);
+    hprintln!("bnorm firmware: {} instructions per SysTick tick (calibrated)", clock.per_tick());
     let fails = Cell::new(0usize);
     let checks = Cell::new(0usize);
     let mut ctx = Ctx { fails: &fails, checks: &checks };
     // The counter itself: a loop of 200 000 instructions counts 200 000 to within a tick.
     let spun = clock.count(|| spin(100_000));
     ctx.check(
-        spun.abs_diff(200_000) <= clock.per_tick as u64,
+        spun.abs_diff(200_000) <= clock.per_tick(),
         format_args!("SysTick counted {spun} for 200000 instructions"),
     );
 
@@ -477,10 +477,12 @@ fn bad_inputs(ctx: &mut Ctx<'_>) {
 }
 
 /// SysTick as an instruction counter: under `-icount shift=0` QEMU's clock advances one nanosecond per
-/// instruction and SysTick ticks at the board's core clock, so instructions = ticks × `per_tick`, found
-/// by timing a loop of known length.
+/// instruction and SysTick ticks at the board's core clock (25 MHz on mps2-an386, 16 MHz on the
+/// micro:bit), so instructions = ticks × (instructions per tick), the ratio found by timing a loop of
+/// known length.
 struct Clock {
-    per_tick: u32,
+    /// Instructions and ticks of the calibration loop.
+    calib: (u64, u64),
 }
 
 impl Clock {
@@ -489,14 +491,18 @@ impl Clock {
         syst.set_reload(0x00FF_FFFF);
         syst.clear_current();
         syst.enable_counter();
-        let iters = 200_000u32;
+        let iters = 400_000u32;
         let t0 = SYST::get_current();
         spin(iters);
         let t1 = SYST::get_current();
-        let ticks = t0.wrapping_sub(t1) & 0x00FF_FFFF;
-        // Two instructions per iteration (subs, bne); rounded to the nearest whole ratio.
-        let per_tick = ((2 * iters as u64 + ticks as u64 / 2) / ticks.max(1) as u64) as u32;
-        Clock { per_tick: per_tick.max(1) }
+        let ticks = (t0.wrapping_sub(t1) & 0x00FF_FFFF) as u64;
+        // Two instructions per iteration (subs, bne).
+        Clock { calib: (2 * iters as u64, ticks.max(1)) }
+    }
+
+    /// Instructions per tick, rounded (for the report).
+    fn per_tick(&self) -> u64 {
+        (self.calib.0 + self.calib.1 / 2) / self.calib.1
     }
 
     /// Instructions spent in `f` (to the resolution of one tick).
@@ -504,7 +510,8 @@ impl Clock {
         let t0 = SYST::get_current();
         f();
         let t1 = SYST::get_current();
-        (t0.wrapping_sub(t1) & 0x00FF_FFFF) as u64 * self.per_tick as u64
+        let ticks = (t0.wrapping_sub(t1) & 0x00FF_FFFF) as u64;
+        (ticks * self.calib.0 + self.calib.1 / 2) / self.calib.1
     }
 }
 
