@@ -77,23 +77,12 @@ impl fmt::Display for Isa {
     }
 }
 
-/// Whether the portable tier has SIMD instructions on this target (`wide`'s backends: SSE2 on x86,
-/// NEON on aarch64 and on Arm with NEON, simd128 on wasm32); elsewhere it is scalar code in four-lane
-/// form.
-const PORTABLE_IS_SIMD: bool = cfg!(any(
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    all(target_arch = "arm", target_feature = "neon"),
-    all(target_arch = "wasm32", target_feature = "simd128"),
-));
-
 /// The tier to run given the highest available one: the scalar tier instead of a portable tier
 /// without SIMD.
 #[inline(always)]
 const fn preferred(best: Isa) -> Isa {
     match best {
-        Isa::Portable if !PORTABLE_IS_SIMD => Isa::Scalar,
+        Isa::Portable if !crate::arch::PORTABLE_IS_SIMD => Isa::Scalar,
         other => other,
     }
 }

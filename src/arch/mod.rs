@@ -14,6 +14,17 @@ pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 
+/// Whether the portable tier has SIMD instructions on this target (`wide`'s backends: SSE2 on x86,
+/// NEON on aarch64 and on Arm with NEON, simd128 on wasm32); elsewhere it is scalar code in four-lane
+/// form, and the scalar tier is the one to run (`Isa::detect`) and takes the compact normalise pass.
+pub(crate) const PORTABLE_IS_SIMD: bool = cfg!(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_feature = "neon"),
+    all(target_arch = "wasm32", target_feature = "simd128"),
+));
+
 /// A vector of `LANES` f32 values and the operations the kernels need.
 ///
 /// Contracts shared by every implementation:
@@ -31,8 +42,10 @@ pub(crate) trait Simd: Copy {
     const REGS: usize = 16;
     /// The vector register type.
     type V: Copy;
-    /// Whether the tier's normalise pass is the plain per-channel loops of `kernels::compact` (the
-    /// one-lane scalar tier) rather than the vector runs of `kernels::normalize`.
+    /// Whether the tier's normalise pass is the plain per-channel loops of `kernels::compact` rather
+    /// than the vector runs of `kernels::normalize`: the scalar tier on targets without SIMD, where it is
+    /// the tier that runs (on x86 and other cached CPUs the vector runs' order and non-temporal stores
+    /// matter even at one lane: the compact walk of NHWC ran 9× slower from memory there).
     const COMPACT: bool = false;
 
     /// Every lane set to `x`.

@@ -48,7 +48,7 @@ pub(crate) fn sqrt_f32(x: f32) -> f32 {
 impl Simd for Scalar {
     const LANES: usize = 1;
     type V = f32;
-    const COMPACT: bool = true;
+    const COMPACT: bool = !super::PORTABLE_IS_SIMD;
 
     #[inline(always)]
     fn splat(self, x: f32) -> f32 {

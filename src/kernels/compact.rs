@@ -1,6 +1,8 @@
 #![forbid(unsafe_code)]
-//! The scalar tier's normalise-affine pass: plain loops over each layout's natural order, one channel's
-//! parameters in registers at a time.
+//! The scalar tier's normalise-affine pass on targets without SIMD (Cortex-M, RISC-V without vectors:
+//! `Simd::COMPACT`): plain loops over each layout's natural order, one channel's parameters in registers
+//! at a time. On cached CPUs the scalar tier keeps the vector runs, whose address order and
+//! non-temporal stores matter even at one lane.
 //!
 //! The vector tiers cut every layout into runs with blended segment boundaries, periodic parameter
 //! buffers and unrolled bodies ([`super::normalize`]): right for wide registers, but on a one-lane tier
@@ -131,6 +133,73 @@ pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>)
                     let at = (b * blocks + cb) * s * block;
                     let real = (c - cb * block).min(block);
                     channel_groups(io, &src, cb * block, real, block, block, s, at);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compact pass against the vector runs of the same tier (which the scalar tier takes on targets
+    //! with SIMD, such as the host), bit for bit: every layout, padding, channel groups of four and their
+    //! remainders, overflowed and zero scales, `channel_affine`, in place and not.
+    use super::*;
+    use crate::kernels::ops::normalize_op;
+    use crate::kernels::{InPlace, Split};
+    use crate::layout::Shape;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| 40.0 + (((i + seed) * 7919) % 1013) as f32 / 37.0 - ((i + seed) % 3) as f32 * 25.0)
+            .collect()
+    }
+
+    #[test]
+    fn same_bits_as_the_vector_pass() {
+        let mut shapes =
+            vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2), (2, 19, 49)];
+        if !cfg!(miri) {
+            shapes.push((1, 300, 3));
+        }
+        let layouts = [
+            Layout::Nchw,
+            Layout::Nhwc,
+            Layout::Blocked { block: 4 },
+            Layout::Blocked { block: 8 },
+            Layout::Blocked { block: 16 },
+        ];
+        for (n, c, s) in shapes {
+            for layout in layouts {
+                let d = TensorDesc::new(Shape::new(n, c, s), layout).unwrap();
+                let x = values(d.len(), c + s);
+                let mean = values(c, 1);
+                // Channel 0: var + ε = 0 (scale 0); channel 1 with γ = 1e36: an overflowed scale.
+                let var: Vec<f32> = (0..c).map(|j| if j == 0 { 0.0 } else { 0.5 + j as f32 }).collect();
+                let gamma: Vec<f32> =
+                    (0..c).map(|j| if j == 1 { 1e36 } else { 0.25 + j as f32 * 0.5 }).collect();
+                let beta = values(c, 2);
+                let srcs = [
+                    ParamSrc::Stats {
+                        mean: &mean,
+                        var: &var,
+                        gamma: Some(&gamma),
+                        beta: Some(&beta),
+                        eps: 0.0,
+                    },
+                    ParamSrc::Stats { mean: &mean, var: &var, gamma: None, beta: None, eps: 1e-3 },
+                    ParamSrc::Affine { scale: &gamma, shift: &beta },
+                ];
+                for (k, src) in srcs.into_iter().enumerate() {
+                    let (mut want, mut got) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
+                    normalize_op(Scalar, &d, &mut Split { x: &x, y: &mut want }, src, true);
+                    normalize(&d, &mut Split { x: &x, y: &mut got }, src);
+                    let same =
+                        |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same(&want, &got), "{n}x{c}x{s} {layout:?} params {k}: out of place");
+                    let mut xy = x.clone();
+                    normalize(&d, &mut InPlace { xy: &mut xy }, src);
+                    assert!(same(&want, &xy), "{n}x{c}x{s} {layout:?} params {k}: in place");
                 }
             }
         }
