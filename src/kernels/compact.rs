@@ -13,7 +13,7 @@
 //! multiply-add, the same operations as the vector pass, so the results are the same bits.
 
 use super::Io;
-use super::normalize::{TWO_64, reduced_scale};
+use super::normalize::{overflowed_output, reduced_scale};
 use super::ops::ParamSrc;
 use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
@@ -58,7 +58,7 @@ impl Channel {
                 io.map_strided(at, step, count, |x| Scalar.mul_add(x - m, scale, shift))
             }
             Channel::Overflowed { m, reduced, shift } => {
-                io.map_strided(at, step, count, |x| ((x - m) * reduced * TWO_64) * TWO_64 + shift)
+                io.map_strided(at, step, count, |x| overflowed_output(x, m, reduced, shift))
             }
         }
     }

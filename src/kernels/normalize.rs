@@ -58,6 +58,13 @@ pub(crate) fn reduced_scale(var: f32, gamma: f32, eps: f32) -> f32 {
     (gamma * TWO_M64 * TWO_M64) * inv
 }
 
+/// The output of a channel whose scale overflowed: `((x − m)·s·2⁶⁴)·2⁶⁴ + β` with `s` its
+/// [`reduced_scale`] (the one formula of the vector tiers' fix-up and the compact pass).
+#[inline(always)]
+pub(crate) fn overflowed_output(x: f32, m: f32, reduced: f32, beta: f32) -> f32 {
+    ((x - m) * reduced * TWO_64) * TWO_64 + beta
+}
+
 /// 2⁻⁶⁴ and 2⁶⁴: a reduced scale times 2⁶⁴ twice is the overflowing scale (2¹²⁸ is not an f32).
 pub(crate) const TWO_M64: f32 = 1.0 / 18_446_744_073_709_551_616.0;
 pub(crate) const TWO_64: f32 = 18_446_744_073_709_551_616.0;

@@ -10,8 +10,8 @@
 //! Outputs far larger than the cache are written with non-temporal stores.
 
 use super::normalize::{
-    PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, RowParams, TWO_64, fill_scale, normalize_run,
-    reduced_scale,
+    PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, RowParams, fill_scale, normalize_run,
+    overflowed_output, reduced_scale,
 };
 use super::stats::{PlaneStats, contiguous_moments};
 use super::{GROUP, Io, Prefetch, Rows, WIDE_GROUP};
@@ -500,7 +500,7 @@ fn fix_overflowed(
         for n in 0..sh.n {
             for i in 0..sh.spatial {
                 if let Some(at) = desc.offset(n, c0 + j, i) {
-                    y[at] = ((y[at] - m) * s * TWO_64) * TWO_64 + beta;
+                    y[at] = overflowed_output(y[at], m, s, beta);
                 }
             }
         }
