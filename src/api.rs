@@ -285,8 +285,8 @@ pub fn channel_affine_in_place(
 
 /// Updates running statistics the way PyTorch does, from a batch's `mean` and population `var` over
 /// `count` values per channel:
-/// `rm ← (1 − m)·rm + m·mean` and `rv ← (1 − m)·rv + m·var·count/(count − 1)` (computed in f64, rounded
-/// once).
+/// `rm ← (1 − m)·rm + m·mean` and `rv ← (1 − m)·rv + m·var·count/(count − 1)` (computed in f64 and
+/// rounded once; on bare-metal 32-bit targets, whose FPUs have no f64, in f32: a few ulp).
 ///
 /// The two ends of the momentum range are exact: `m = 0` leaves the running statistics bit for bit as
 /// they were (even where the batch's statistics are NaN or infinite), and `m = 1` replaces them by the
@@ -300,6 +300,7 @@ pub fn channel_affine_in_place(
 /// bnorm::update_running_stats(&mut rm, &mut rv, &[2.0], &[3.0], 4, 0.5).unwrap();
 /// assert_eq!((rm[0], rv[0]), (1.0, 0.5 + 0.5 * 4.0));
 /// ```
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
 pub fn update_running_stats(
     running_mean: &mut [f32],
     running_var: &mut [f32],
@@ -322,17 +323,18 @@ pub fn update_running_stats(
         // `(1 − 0)·rm + 0·mean` would turn a NaN or infinite batch statistic into NaN (0·∞).
         return Ok(());
     }
-    let m = momentum as f64;
-    let unbias = count as f64 / (count - 1) as f64;
+    type W = crate::kernels::stats::Weight;
+    let m = momentum as W;
+    let unbias = count as W / (count - 1) as W;
     for i in 0..c {
-        let (bm, bv) = (mean[i] as f64, var[i] as f64 * unbias);
+        let (bm, bv) = (mean[i] as W, var[i] as W * unbias);
         if momentum == 1.0 {
             // Likewise `0·rm` for a non-finite running statistic.
             running_mean[i] = bm as f32;
             running_var[i] = bv as f32;
         } else {
-            running_mean[i] = ((1.0 - m) * running_mean[i] as f64 + m * bm) as f32;
-            running_var[i] = ((1.0 - m) * running_var[i] as f64 + m * bv) as f32;
+            running_mean[i] = ((1.0 - m) * running_mean[i] as W + m * bm) as f32;
+            running_var[i] = ((1.0 - m) * running_var[i] as W + m * bv) as f32;
         }
     }
     Ok(())

@@ -33,7 +33,8 @@ impl Isa {
     ///
     /// Where the portable tier has no SIMD instructions to use (Cortex-M, RISC-V without vectors, …:
     /// `wide` then runs its four lanes as scalar code) this is the scalar tier, whose plain loops are
-    /// as fast there and far smaller in code and stack; the portable tier stays available.
+    /// as fast there and far smaller in code and stack; the portable tier is then compiled in (and
+    /// available) only with the `all-tiers` feature.
     pub fn detect() -> Isa {
         preferred(best())
     }
@@ -113,7 +114,7 @@ fn detect_best() -> Isa {
             return Isa::Avx2;
         }
     }
-    Isa::Portable
+    if crate::arch::PORTABLE_COMPILED { Isa::Portable } else { Isa::Scalar }
 }
 
 /// The highest tier allowed by `BNORM_MAX_ISA` (no limit without std or without the variable).

@@ -10,7 +10,6 @@
 #![no_std]
 #![no_main]
 
-#[cfg(not(small_ram))]
 use bnorm::Kernels;
 use bnorm::{Affine, Isa, Layout, Shape, TensorDesc};
 use core::cell::Cell;
@@ -18,7 +17,6 @@ use cortex_m::peripheral::{SYST, syst::SystClkSource};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
 
-#[cfg(not(small_ram))]
 const LAYOUTS: [Layout; 5] = [
     Layout::Nchw,
     Layout::Nhwc,
@@ -27,23 +25,26 @@ const LAYOUTS: [Layout; 5] = [
     Layout::Blocked { block: 16 },
 ];
 
-/// Correctness shapes (N, C, S): planes of 7 and 1, channels that fill no block, a full 16-channel block.
+/// Correctness shapes (N, C, S): planes of 7 and 1, channels that fill no block, a full 16-channel block;
+/// planes of 19 and 70 (the compact pass's eight-value assembly blocks and their tails, channel groups of
+/// four plus single channels, several 32-position statistics blocks per channel).
 #[cfg(not(small_ram))]
-const SHAPES: [(usize, usize, usize); 3] = [(2, 5, 7), (1, 16, 9), (3, 3, 1)];
+const SHAPES: [(usize, usize, usize); 5] = [(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 6, 19), (1, 6, 70)];
 #[cfg(small_ram)]
-const SHAPES: [(usize, usize, usize); 1] = [(1, 5, 7)];
+const SHAPES: [(usize, usize, usize); 2] = [(1, 5, 7), (2, 6, 19)];
 
 /// Room of each tensor buffer (floats): the largest correctness case padded to 16-channel blocks.
 #[cfg(not(small_ram))]
-const MAX: usize = 512;
+const MAX: usize = 1120;
 #[cfg(small_ram)]
-const MAX: usize = 128;
+const MAX: usize = 608;
 
 /// The shape whose instructions per element are reported: 1×16×32×32 (64 KB per tensor) on the M4F
-/// board (the micro:bit reports them for its correctness shapes).
+/// board, 1×16×8×8 (4 KB) on the micro:bit.
 #[cfg(not(small_ram))]
 const PERF: (usize, usize, usize) = (1, 16, 32 * 32);
-#[cfg(not(small_ram))]
+#[cfg(small_ram)]
+const PERF: (usize, usize, usize) = (1, 16, 8 * 8);
 const PERF_LEN: usize = PERF.0 * PERF.1 * PERF.2;
 
 /// Unit roundoff of f32.
@@ -71,39 +72,28 @@ fn main() -> ! {
         format_args!("SysTick counted {spun} for 200000 instructions"),
     );
 
-    #[cfg(not(small_ram))]
-    {
-        for isa in Isa::available() {
-            let k = Kernels::new(isa).expect("available");
-            for &(n, c, s) in &SHAPES {
-                for layout in LAYOUTS {
-                    correctness(&mut ctx, &k, Shape::new(n, c, s), layout);
-                }
-            }
-        }
-        free_functions(&mut ctx);
-        bad_inputs(&mut ctx);
-        hprintln!(
-            "peak stack (bytes) and instructions per element, {}x{}x{} (N x C x S):",
-            PERF.0,
-            PERF.1,
-            PERF.2
-        );
-        hprintln!("| tier | layout | moments | training | inference | affine |");
-        hprintln!("|---|---|---|---|---|---|");
-        for isa in Isa::available() {
-            let k = Kernels::new(isa).expect("available");
+    for isa in Isa::available() {
+        let k = Kernels::new(isa).expect("available");
+        for &(n, c, s) in &SHAPES {
             for layout in LAYOUTS {
-                measure(&mut ctx, &k, layout, &clock);
+                correctness(&mut ctx, &k, Shape::new(n, c, s), layout);
             }
         }
     }
-    // The micro:bit's 256 KB of flash hold one training and one inference call of one tier (every
-    // operation of every tier does not fit there yet).
-    #[cfg(small_ram)]
-    {
-        for &(n, c, s) in &SHAPES {
-            small_device(&mut ctx, Shape::new(n, c, s), Layout::Nchw, &clock);
+    free_functions(&mut ctx);
+    bad_inputs(&mut ctx);
+    hprintln!(
+        "peak stack (bytes) and instructions per element, {}x{}x{} (N x C x S):",
+        PERF.0,
+        PERF.1,
+        PERF.2
+    );
+    hprintln!("| tier | layout | moments | training | inference | affine |");
+    hprintln!("|---|---|---|---|---|---|");
+    for isa in Isa::available() {
+        let k = Kernels::new(isa).expect("available");
+        for layout in LAYOUTS {
+            measure(&mut ctx, &k, layout, &clock);
         }
     }
 
@@ -273,7 +263,6 @@ fn check_outputs(
     ctx.check(pad_ok, format_args!("{tag}: padding lanes not +0.0"));
 }
 
-#[cfg(not(small_ram))]
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
 }
@@ -295,7 +284,6 @@ impl core::fmt::Display for Tag {
     }
 }
 
-#[cfg(not(small_ram))]
 /// Every operation on one shape, layout and tier.
 fn correctness(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout) {
     let desc = TensorDesc::new(sh, layout).expect("valid shape");
@@ -370,54 +358,6 @@ fn correctness(ctx: &mut Ctx<'_>, k: &Kernels, sh: Shape, layout: Layout) {
     );
 }
 
-/// Training and inference on one shape: outputs against the reference, with the peak stack and the
-/// instructions per element of each call.
-#[cfg(small_ram)]
-fn small_device(ctx: &mut Ctx<'_>, sh: Shape, layout: Layout, clock: &Clock) {
-    let desc = TensorDesc::new(sh, layout).expect("valid shape");
-    let len = desc.len();
-    let c = sh.c;
-    // The free functions: on a target without run-time detection, one tier fixed at compile time.
-    let tag = |op| Tag { isa: Isa::detect(), sh, layout, op };
-    let mut xb = [0.0f32; MAX];
-    let mut yb = [0.0f32; MAX];
-    let (x, y) = (&mut xb[..len], &mut yb[..len]);
-    fill(sh, layout, x, 5);
-    let mut gb = [0.0f32; 16];
-    let mut bb = [0.0f32; 16];
-    for j in 0..c {
-        (gb[j], bb[j]) = gamma_beta(j);
-    }
-    let aff = Affine { gamma: Some(&gb[..c]), beta: Some(&bb[..c]), eps: 1e-3 };
-    let (mut m, mut v) = ([0.0f32; 16], [0.0f32; 16]);
-    let (mut ok, mut ins) = (false, 0);
-    let st = stack_peak(|| {
-        ins =
-            clock.count(|| ok = bnorm::forward_training(&desc, x, y, &aff, &mut m[..c], &mut v[..c]).is_ok())
-    });
-    ctx.check(ok, format_args!("{}: error", tag("training")));
-    check_stats(ctx, &tag("training"), sh, layout, x, &m[..c], &v[..c]);
-    check_outputs(ctx, &tag("training"), sh, layout, x, y, (&m[..c], &v[..c]), aff.eps, true);
-    hprintln!(
-        "{}: peak stack {} B, {} instructions per element",
-        tag("training"),
-        st,
-        ins as f32 / len as f32
-    );
-    let st = stack_peak(|| {
-        ins = clock.count(|| ok = bnorm::forward_inference(&desc, x, y, &aff, &m[..c], &v[..c]).is_ok())
-    });
-    ctx.check(ok, format_args!("{}: error", tag("inference")));
-    check_outputs(ctx, &tag("inference"), sh, layout, x, y, (&m[..c], &v[..c]), aff.eps, false);
-    hprintln!(
-        "{}: peak stack {} B, {} instructions per element",
-        tag("inference"),
-        st,
-        ins as f32 / len as f32
-    );
-}
-
-#[cfg(not(small_ram))]
 /// The free functions (run-time dispatch to the best tier the target has) and the running statistics.
 fn free_functions(ctx: &mut Ctx<'_>) {
     let sh = Shape::new(2, 5, 7);
@@ -454,7 +394,6 @@ fn free_functions(ctx: &mut Ctx<'_>) {
     }
 }
 
-#[cfg(not(small_ram))]
 /// Bad inputs: an `Err` naming the sizes, and the outputs untouched.
 fn bad_inputs(ctx: &mut Ctx<'_>) {
     let desc = TensorDesc::new(Shape::new(2, 5, 7), Layout::Nhwc).expect("valid shape");
@@ -555,7 +494,6 @@ fn stack_peak(f: impl FnOnce()) -> usize {
     sp - (bottom + 4 * i)
 }
 
-#[cfg(not(small_ram))]
 /// One row of the table: peak stack and instructions per element of each operation on `PERF`.
 fn measure(ctx: &mut Ctx<'_>, k: &Kernels, layout: Layout, clock: &Clock) {
     let sh = Shape::new(PERF.0, PERF.1, PERF.2);

@@ -9,6 +9,7 @@
 //! proves that the running CPU supports the tier: the x86 tokens can only be made by the dispatcher after
 //! detection, or through an `unsafe` constructor.
 
+pub(crate) mod compact;
 pub(crate) mod portable;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -18,6 +19,18 @@ pub(crate) mod x86_64;
 /// NEON on aarch64 and on Arm with NEON, simd128 on wasm32); elsewhere it is scalar code in four-lane
 /// form, and the scalar tier is the one to run (`Isa::detect`) and takes the compact normalise pass.
 pub(crate) const PORTABLE_IS_SIMD: bool = cfg!(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_feature = "neon"),
+    all(target_arch = "wasm32", target_feature = "simd128"),
+));
+
+/// Whether the portable tier is compiled in: always where it has SIMD; elsewhere only with the
+/// `all-tiers` feature (for comparing tiers), since the scalar tier is the one that runs there and the
+/// portable one would be compiled for nothing — it was most of a debug build's time for thumbv6m.
+pub(crate) const PORTABLE_COMPILED: bool = cfg!(any(
+    feature = "all-tiers",
     target_arch = "x86",
     target_arch = "x86_64",
     target_arch = "aarch64",
@@ -128,7 +141,8 @@ fn prefetch_at(p: *const f32) {
 use crate::kernels::ops::Call;
 
 /// Runs a validated call on tier `isa`. A tier the CPU lacks never reaches here (a `Kernels` value holds
-/// only available tiers); should one arrive anyway, the portable tier runs it.
+/// only available tiers); should one arrive anyway, the portable tier runs it (the scalar tier where the
+/// portable one is not compiled in).
 ///
 /// Inlined into each operation, so that the `match` on the call's kind folds away (a call site links
 /// only its operation's entry points) and, where `isa` is a constant (the free functions on targets
@@ -147,7 +161,24 @@ pub(crate) fn run(isa: Isa, call: Call<'_>) {
             // SAFETY: `is_available` confirmed AVX2, FMA and the OS's ymm state.
             avx2_entries::dispatch(unsafe { x86_64::avx2::Avx2::new_unchecked() }, call)
         }
+        #[cfg(any(
+            feature = "all-tiers",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            all(target_arch = "arm", target_feature = "neon"),
+            all(target_arch = "wasm32", target_feature = "simd128"),
+        ))]
         _ => portable_entries::dispatch(portable::Portable, call),
+        #[cfg(not(any(
+            feature = "all-tiers",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            all(target_arch = "arm", target_feature = "neon"),
+            all(target_arch = "wasm32", target_feature = "simd128"),
+        )))]
+        _ => scalar_entries::dispatch(scalar::Scalar, call),
     }
 }
 
@@ -244,6 +275,15 @@ macro_rules! tier_entries {
 }
 
 tier_entries!(scalar_entries, crate::arch::scalar::Scalar);
+// Compiled where `PORTABLE_COMPILED` (the same condition).
+#[cfg(any(
+    feature = "all-tiers",
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_feature = "neon"),
+    all(target_arch = "wasm32", target_feature = "simd128"),
+))]
 tier_entries!(portable_entries, crate::arch::portable::Portable);
 #[cfg(target_arch = "x86_64")]
 tier_entries!(avx2_entries, crate::arch::x86_64::avx2::Avx2, "avx2,fma");

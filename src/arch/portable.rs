@@ -4,8 +4,9 @@
 use super::Simd;
 use wide::f32x4;
 
-/// Token of the portable tier; always available.
+/// Token of the portable tier; available wherever it is compiled in (`PORTABLE_COMPILED`).
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(any(test, feature = "all-tiers")), allow(dead_code))] // unused where not compiled in
 pub(crate) struct Portable;
 
 impl Simd for Portable {

@@ -15,6 +15,7 @@
 use super::Io;
 use super::normalize::{overflowed_output, reduced_scale};
 use super::ops::ParamSrc;
+use super::stats::{self, CHUNK_BLOCKS, Summary};
 use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
 use crate::layout::{Layout, TensorDesc};
@@ -54,9 +55,7 @@ impl Channel {
     #[inline(always)]
     fn apply<I: Io>(self, io: &mut I, at: usize, step: usize, count: usize) {
         match self {
-            Channel::Plain { m, scale, shift } => {
-                io.map_strided(at, step, count, |x| Scalar.mul_add(x - m, scale, shift))
-            }
+            Channel::Plain { m, scale, shift } => io.affine_strided(at, step, count, [m, scale, shift]),
             Channel::Overflowed { m, reduced, shift } => {
                 io.map_strided(at, step, count, |x| overflowed_output(x, m, reduced, shift))
             }
@@ -66,7 +65,7 @@ impl Channel {
 
 /// Channels `c0..c0 + real` at `count` positions `step` apart, the first position at `base`; a position
 /// holds `width` channels, `real` of them real and the rest padding (set to +0.0). Groups of four channels with plain parameters go through
-/// [`Io::map_groups4`] (contiguous quadruples, the twelve parameters in registers); the rest — fewer
+/// [`Io::affine_groups4`] (contiguous quadruples, the twelve parameters in registers); the rest — fewer
 /// than four left, an overflowed scale among them, padding — channel by channel.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -90,10 +89,8 @@ fn channel_groups<I: Io>(
             Channel::Plain { m: m3, scale: s3, shift: t3 },
         ] = q
         {
-            let (m, sc, t) = ([m0, m1, m2, m3], [s0, s1, s2, s3], [t0, t1, t2, t3]);
-            io.map_groups4(base + j, step, count, |x| {
-                [0, 1, 2, 3].map(|k| Scalar.mul_add(x[k] - m[k], sc[k], t[k]))
-            });
+            let p = [[m0, m1, m2, m3], [s0, s1, s2, s3], [t0, t1, t2, t3]];
+            io.affine_groups4(base + j, step, count, p);
         } else {
             for (k, p) in q.into_iter().enumerate() {
                 p.apply(io, base + j + k, step, count);
@@ -134,6 +131,248 @@ pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>)
                     let real = (c - cb * block).min(block);
                     channel_groups(io, &src, cb * block, real, block, block, s, at);
                 }
+            }
+        }
+    }
+}
+
+/// Statistics of a group of `G` adjacent channels (1 or 4) whose positions lie `step` apart in runs: run
+/// `r < runs` holds `len` positions starting at `first + r·run_step`. A channel's values, taken in
+/// (batch, spatial) order, are the same sequence in every layout.
+#[derive(Clone, Copy)]
+struct Walk {
+    first: usize,
+    runs: usize,
+    run_step: usize,
+    len: usize,
+    step: usize,
+}
+
+/// A block's sums `Σ(x − k)` and `Σ(x − k)²`, per chain and channel.
+type Sums<const G: usize, const R: usize> = ([[f32; G]; R], [[f32; G]; R]);
+
+/// The statistics pass's state for `G` channels, with `R` accumulator chains per channel (rows dealt
+/// out in turn): blocks of `16·R` values — 16 additions per chain, as in the vector tiers — merged with
+/// Chan's formula into a chunk, chunks of [`CHUNK_BLOCKS`] blocks into the total; the same shifted sums
+/// and merges (`kernels::stats`), in plain f32 with the target's [`Weight`](stats::Weight)s. About
+/// a hundred bytes, whatever the tensor.
+struct GroupAcc<const G: usize, const R: usize> {
+    /// Shift: the mean of the channel's first block.
+    k0: [f32; G],
+    /// The current block's shift, `k0` plus the running mean.
+    k: [f32; G],
+    a1: [[f32; G]; R],
+    a2: [[f32; G]; R],
+    /// Values per channel in the current block.
+    pending: usize,
+    chunk: [(f32, f32); G],
+    cn: usize,
+    cblocks: usize,
+    total: [(f32, f32); G],
+    tn: usize,
+}
+
+impl<const G: usize, const R: usize> GroupAcc<G, R> {
+    const BLOCK: usize = 16 * R;
+
+    /// Empty statistics whose shift is the mean of each channel's first `min(BLOCK, N·S)` values,
+    /// formed as the vector tiers form it (`stats::shift_vector`): `k + Σ((x − k)·p) / (b·p)` with `k`
+    /// the first value and `p` a power of two, exact whenever the scaled sum is.
+    #[inline(always)]
+    fn new(x: &[f32], w: &Walk) -> Self {
+        let head = (w.runs * w.len).min(Self::BLOCK);
+        let mut k = [0.0; G];
+        k.copy_from_slice(&x[w.first..w.first + G]);
+        let p = stats::pow2_below_inv(head);
+        let mut sum = [0.0f32; G];
+        let (mut left, mut r) = (head, 0);
+        while left > 0 {
+            let take = left.min(w.len);
+            let run = &x[w.first + r * w.run_step..][..(take - 1) * w.step + G];
+            for pos in run.chunks(w.step) {
+                if let Some(v) = pos.first_chunk::<G>() {
+                    for c in 0..G {
+                        sum[c] = Scalar.mul_add(v[c] - k[c], p, sum[c]);
+                    }
+                }
+            }
+            left -= take;
+            r += 1;
+        }
+        let bp = head as f32 * p;
+        let k0 = core::array::from_fn(|c| k[c] + sum[c] / bp);
+        GroupAcc {
+            k0,
+            k: k0,
+            a1: [[0.0; G]; R],
+            a2: [[0.0; G]; R],
+            pending: 0,
+            chunk: [(0.0, 0.0); G],
+            cn: 0,
+            cblocks: 0,
+            total: [(0.0, 0.0); G],
+            tn: 0,
+        }
+    }
+
+    /// Adds one position's `G` values to chain `u` of the block's sums `a` (locals, not fields: they stay
+    /// in registers through the loop).
+    #[inline(always)]
+    fn row(k: &[f32; G], a: &mut Sums<G, R>, u: usize, v: &[f32; G]) {
+        for c in 0..G {
+            let d = v[c] - k[c];
+            a.0[u][c] += d;
+            a.1[u][c] = Scalar.mul_add(d, d, a.1[u][c]);
+        }
+    }
+
+    /// Adds the `count` positions `step` apart from `at`.
+    #[inline(always)]
+    fn add_run(&mut self, x: &[f32], at: usize, step: usize, count: usize) {
+        let mut done = 0;
+        while done < count {
+            let take = (count - done).min(Self::BLOCK - self.pending);
+            // One bounds check per block; the positions below are within it.
+            let run = &x[at + done * step..][..(take - 1) * step + G];
+            let (k, mut a) = (self.k, (self.a1, self.a2));
+            // Rows in groups of `R`, row `r` of a group into chain `r`, through the assembly loop
+            // where there is one; then the rows left over (fewer than `R`) into chain 0.
+            let mut r = crate::arch::compact::sums::<G, R>(run, step, take, &k, &mut a);
+            while r + R <= take {
+                for u in 0..R {
+                    if let Some(v) = run[(r + u) * step..].first_chunk::<G>() {
+                        Self::row(&k, &mut a, u, v);
+                    }
+                }
+                r += R;
+            }
+            while r < take {
+                if let Some(v) = run[r * step..].first_chunk::<G>() {
+                    Self::row(&k, &mut a, 0, v);
+                }
+                r += 1;
+            }
+            (self.a1, self.a2) = a;
+            self.pending += take;
+            done += take;
+            if self.pending == Self::BLOCK {
+                self.end_block();
+            }
+        }
+    }
+
+    /// Merges the current block into the chunk, a full chunk into the total, and moves the shift to the
+    /// running mean.
+    #[inline(always)]
+    fn end_block(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        let f = stats::BlockMerge::new(self.cn, self.pending);
+        for c in 0..G {
+            let (mut s1, mut s2) = (0.0, 0.0);
+            for u in 0..R {
+                s1 += self.a1[u][c];
+                s2 += self.a2[u][c];
+                (self.a1[u][c], self.a2[u][c]) = (0.0, 0.0);
+            }
+            let (m, m2) = self.chunk[c];
+            self.chunk[c] = stats::merge(Scalar, self.k[c], self.k0[c], m, m2, s1, s2, f);
+        }
+        self.cn += self.pending;
+        self.pending = 0;
+        self.cblocks += 1;
+        if self.cblocks == CHUNK_BLOCKS {
+            self.flush();
+        }
+        for c in 0..G {
+            self.k[c] = self.k0[c] + if self.cn == 0 { self.total[c].0 } else { self.chunk[c].0 };
+        }
+    }
+
+    /// Merges the chunk into the total.
+    #[inline(always)]
+    fn flush(&mut self) {
+        if self.cn == 0 {
+            return;
+        }
+        for c in 0..G {
+            let (tm, tm2) = self.total[c];
+            let (cm, cm2) = self.chunk[c];
+            self.total[c] = stats::merge_state(Scalar, (tm, tm2, self.tn), (cm, cm2, self.cn));
+            self.chunk[c] = (0.0, 0.0);
+        }
+        self.tn += self.cn;
+        self.cn = 0;
+        self.cblocks = 0;
+    }
+
+    /// The statistics of the `G` channels of `w`: `(mean, population variance)` each.
+    #[inline(always)]
+    fn of(x: &[f32], w: &Walk) -> [(f32, f32); G] {
+        let mut acc = Self::new(x, w);
+        for r in 0..w.runs {
+            acc.add_run(x, w.first + r * w.run_step, w.step, w.len);
+        }
+        acc.end_block();
+        acc.flush();
+        core::array::from_fn(|c| {
+            let (m, m2) = acc.total[c];
+            Summary { k0: acc.k0[c], m, m2, count: acc.tn }.finish()
+        })
+    }
+}
+
+/// Channels `c0..c0 + real` whose walks start at `w.first`, `w.first + 1`, …: four at a time, then
+/// one by one.
+#[inline(always)]
+fn moments_of_groups(x: &[f32], c0: usize, real: usize, w: Walk, mean: &mut [f32], var: &mut [f32]) {
+    let mut j = 0;
+    while j + 4 <= real {
+        let stats = GroupAcc::<4, 2>::of(x, &Walk { first: w.first + j, ..w });
+        for (q, (m, v)) in stats.into_iter().enumerate() {
+            (mean[c0 + j + q], var[c0 + j + q]) = (m, v);
+        }
+        j += 4;
+    }
+    while j < real {
+        let [(m, v)] = GroupAcc::<1, 4>::of(x, &Walk { first: w.first + j, ..w });
+        (mean[c0 + j], var[c0 + j]) = (m, v);
+        j += 1;
+    }
+}
+
+/// Per-channel mean and population variance in one read pass, in each layout's natural order: an NCHW
+/// channel's planes one after the other, channels-last and blocked channels four at a time along the
+/// rows (contiguous quadruples, their state in registers). The stack holds one group's state, whatever
+/// the tensor.
+pub(crate) fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+    let sh = desc.shape();
+    let (n, c, s) = (sh.n, sh.c, sh.spatial);
+    match desc.layout() {
+        Layout::Nchw => {
+            for ch in 0..c {
+                let w = Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 };
+                let [(m, v)] = GroupAcc::<1, 4>::of(x, &w);
+                (mean[ch], var[ch]) = (m, v);
+            }
+        }
+        Layout::Nhwc => {
+            let w = Walk { first: 0, runs: 1, run_step: 0, len: n * s, step: c };
+            moments_of_groups(x, 0, c, w, mean, var);
+        }
+        Layout::Blocked { block } => {
+            let blocks = c.div_ceil(block);
+            for cb in 0..blocks {
+                let real = (c - cb * block).min(block);
+                let w = Walk {
+                    first: cb * s * block,
+                    runs: n,
+                    run_step: blocks * s * block,
+                    len: s,
+                    step: block,
+                };
+                moments_of_groups(x, cb * block, real, w, mean, var);
             }
         }
     }
@@ -200,6 +439,123 @@ mod tests {
                     let mut xy = x.clone();
                     normalize(&d, &mut InPlace { xy: &mut xy }, src);
                     assert!(same(&want, &xy), "{n}x{c}x{s} {layout:?} params {k}: in place");
+                }
+            }
+        }
+    }
+
+    /// Channel `ch`'s values in (batch, spatial) order, read through the layout's index formula.
+    fn channel_values(d: &TensorDesc, x: &[f32], ch: usize) -> Vec<f32> {
+        let sh = d.shape();
+        let mut out = Vec::new();
+        for b in 0..sh.n {
+            for s in 0..sh.spatial {
+                let i = match d.layout() {
+                    Layout::Nchw => (b * sh.c + ch) * sh.spatial + s,
+                    Layout::Nhwc => (b * sh.spatial + s) * sh.c + ch,
+                    Layout::Blocked { block } => {
+                        ((b * sh.c.div_ceil(block) + ch / block) * sh.spatial + s) * block + ch % block
+                    }
+                };
+                out.push(x[i]);
+            }
+        }
+        out
+    }
+
+    const LAYOUTS: [Layout; 5] = [
+        Layout::Nchw,
+        Layout::Nhwc,
+        Layout::Blocked { block: 4 },
+        Layout::Blocked { block: 8 },
+        Layout::Blocked { block: 16 },
+    ];
+
+    /// The compact statistics pass (the scalar tier's on targets without SIMD, tested here on the host)
+    /// against an f64 two-pass oracle, within the README's bounds — mean `2U·|μ| + 16U·σ`, variance
+    /// `32U` relative — at offsets up to 10⁴·σ; group-of-four channels, single channels, blocks and
+    /// chunks (N·S up to 6 000: about three chunks of 32-value blocks).
+    #[test]
+    fn moments_within_bounds() {
+        let u = f64::from(f32::EPSILON) / 2.0;
+        let mut shapes =
+            vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2), (2, 9, 49)];
+        if !cfg!(miri) {
+            shapes.extend([(3, 6, 2000), (1, 300, 3)]);
+        }
+        for (n, c, s) in shapes {
+            for layout in LAYOUTS {
+                for offset in [0.0f32, 1e2, 1e4] {
+                    let d = TensorDesc::new(Shape::new(n, c, s), layout).unwrap();
+                    let mut x = values(d.len(), c * s + n);
+                    for v in &mut x {
+                        *v = offset + (*v - 40.0) / 8.0;
+                    }
+                    let (mut mean, mut var) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+                    moments(&d, &x, &mut mean, &mut var);
+                    for ch in 0..c {
+                        let v = channel_values(&d, &x, ch);
+                        let m = v.iter().map(|&a| f64::from(a)).sum::<f64>() / v.len() as f64;
+                        let q = v.iter().map(|&a| (f64::from(a) - m).powi(2)).sum::<f64>() / v.len() as f64;
+                        let what = format!("{n}x{c}x{s} {layout:?} offset {offset} channel {ch}");
+                        let mean_err = (f64::from(mean[ch]) - m).abs();
+                        assert!(
+                            mean_err <= 2.0 * u * m.abs() + 16.0 * u * q.sqrt(),
+                            "{what}: mean {} vs {m}",
+                            mean[ch]
+                        );
+                        let var_err = (f64::from(var[ch]) - q).abs();
+                        assert!(var_err <= 32.0 * u * q, "{what}: var {} vs {q}", var[ch]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exact cases of the Guarantees: paired values `μ ± d` (d a power of two, S even) give exactly
+    /// μ and d²; a constant channel its value and 0; a NaN stays in its channel.
+    #[test]
+    fn moments_exact_cases_and_nan() {
+        for (n, c, s) in [(2, 5, 6), (3, 9, 2), (1, 16, 100), (4, 7, 1)] {
+            for layout in LAYOUTS {
+                let d = TensorDesc::new(Shape::new(n, c, s), layout).unwrap();
+                let mut x = vec![0.0f32; d.len()];
+                // Write channel values through the index formula: position p of channel ch.
+                let sh = d.shape();
+                for b in 0..n {
+                    for sp in 0..s {
+                        for ch in 0..c {
+                            let i = match layout {
+                                Layout::Nchw => (b * c + ch) * s + sp,
+                                Layout::Nhwc => (b * s + sp) * c + ch,
+                                Layout::Blocked { block } => {
+                                    ((b * c.div_ceil(block) + ch / block) * sh.spatial + sp) * block
+                                        + ch % block
+                                }
+                            };
+                            let p = if s == 1 { b } else { sp };
+                            let mu = 1000.0 + ch as f32 * 3.25;
+                            x[i] = match ch % 3 {
+                                0 => mu,
+                                _ => mu + if p % 2 == 0 { 0.5 } else { -0.5 },
+                            };
+                            if ch == 2 && b == n - 1 && sp == s - 1 {
+                                x[i] = f32::NAN;
+                            }
+                        }
+                    }
+                }
+                let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
+                moments(&d, &x, &mut mean, &mut var);
+                for ch in 0..c {
+                    let mu = 1000.0 + ch as f32 * 3.25;
+                    let what = format!("{n}x{c}x{s} {layout:?} channel {ch}");
+                    if ch == 2 {
+                        assert!(mean[ch].is_nan() && var[ch].is_nan(), "{what}: NaN left its channel");
+                    } else {
+                        let want = if ch % 3 == 0 { 0.0 } else { 0.25 };
+                        assert_eq!((mean[ch], var[ch]), (mu, want), "{what}");
+                    }
                 }
             }
         }

@@ -61,8 +61,12 @@ pub(crate) trait Io {
     /// `y[i] = f(x[i])` for the `count` elements `i = at, at + step, …` (scalar code: the scalar tier's
     /// pass, [`compact`]).
     fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32);
-    /// `y[i..i + 4] = f(x[i..i + 4])` for the `count` positions `i = at, at + step, …` (`step ≥ 4`).
-    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]);
+    /// `y = (x − m)·s + b` (product and sum each rounded) at the `count` elements `at, at + step, …`,
+    /// with `p = [m, s, b]`: `map_strided`, through `crate::arch::compact`'s loops where contiguous.
+    fn affine_strided(&mut self, at: usize, step: usize, count: usize, p: [f32; 3]);
+    /// `y[i + j] = (x[i + j] − m[j])·s[j] + b[j]`, `j < 4`, at the `count` positions `i = at, at + step,
+    /// …` (`step ≥ 4`), with `p = [m, s, b]` (through `crate::arch::compact`'s loops).
+    fn affine_groups4(&mut self, at: usize, step: usize, count: usize, p: [[f32; 4]; 3]);
     /// Prefetches the input lines of the next `n` floats of `pf` (see [`Prefetch`]).
     #[inline(always)]
     fn prefetch<S: Simd>(&self, s: S, pf: &mut Prefetch, n: usize) {
@@ -151,15 +155,18 @@ fn strided_span(at: usize, step: usize, count: usize) -> core::ops::Range<usize>
 
 impl Io for Split<'_> {
     #[inline(always)]
-    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]) {
-        let r = groups_span(at, step, count);
-        let (x, y) = (&self.x[r.clone()], &mut self.y[r]);
-        // Every chunk is `step ≥ 4` long but the last, which is exactly 4.
-        for (y, x) in y.chunks_mut(step).zip(x.chunks(step)) {
-            if let (Some(y), Some(x)) = (y.first_chunk_mut::<4>(), x.first_chunk::<4>()) {
-                *y = f(*x);
-            }
+    fn affine_strided(&mut self, at: usize, step: usize, count: usize, p: [f32; 3]) {
+        if step == 1 {
+            let r = strided_span(at, step, count);
+            crate::arch::compact::run(&self.x[r.clone()], &mut self.y[r], p);
+        } else {
+            self.map_strided(at, step, count, |x| (x - p[0]) * p[1] + p[2]);
         }
+    }
+    #[inline(always)]
+    fn affine_groups4(&mut self, at: usize, step: usize, count: usize, p: [[f32; 4]; 3]) {
+        let r = groups_span(at, step, count);
+        crate::arch::compact::rows4(&self.x[r.clone()], &mut self.y[r], step, p);
     }
     #[inline(always)]
     fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32) {
@@ -215,13 +222,16 @@ impl Io for Split<'_> {
 
 impl Io for InPlace<'_> {
     #[inline(always)]
-    fn map_groups4(&mut self, at: usize, step: usize, count: usize, f: impl Fn([f32; 4]) -> [f32; 4]) {
-        let r = groups_span(at, step, count);
-        for v in self.xy[r].chunks_mut(step) {
-            if let Some(v) = v.first_chunk_mut::<4>() {
-                *v = f(*v);
-            }
+    fn affine_strided(&mut self, at: usize, step: usize, count: usize, p: [f32; 3]) {
+        if step == 1 {
+            crate::arch::compact::run_in_place(&mut self.xy[strided_span(at, step, count)], p);
+        } else {
+            self.map_strided(at, step, count, |x| (x - p[0]) * p[1] + p[2]);
         }
+    }
+    #[inline(always)]
+    fn affine_groups4(&mut self, at: usize, step: usize, count: usize, p: [[f32; 4]; 3]) {
+        crate::arch::compact::rows4_in_place(&mut self.xy[groups_span(at, step, count)], step, p);
     }
     #[inline(always)]
     fn map_strided(&mut self, at: usize, step: usize, count: usize, f: impl Fn(f32) -> f32) {

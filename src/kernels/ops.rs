@@ -81,6 +81,10 @@ pub(crate) enum Call<'a> {
 /// its target features): one entry point per operation and tier (`crate::arch`).
 #[inline(always)]
 pub(crate) fn moments_op<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+    if S::COMPACT {
+        super::compact::moments(desc, x, mean, var);
+        return;
+    }
     if wide(desc) {
         moments::<S, WIDE_GROUP, true>(s, desc, x, mean, var)
     } else {

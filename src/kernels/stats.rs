@@ -49,40 +49,55 @@ const LINE: usize = 16;
 /// grows with √(blocks per chunk) + √(chunks) instead of √(blocks).
 pub(crate) const CHUNK_BLOCKS: usize = 64;
 
-/// `M2 / count`, with the division done in f64 from the exact integer count. A rounding-negative `M2`
-/// (possible only within a few ulps of 0) gives 0; NaN stays NaN.
+/// The precision of the merge weights and of the final division by the count: f64 where the target does
+/// f64 in hardware, so that counts above 2²⁴ weigh exactly; f32 on bare-metal 32-bit targets (Cortex-M,
+/// RV32), whose FPUs are single precision or absent and where f64 is a software routine. In f32 the
+/// counts are exact up to 2²⁴ values per channel (beyond, each weight carries one more rounding, 2⁻²⁴
+/// relative) and a weight `n_old·b/n` is rounded twice instead of once: a few U against the variance's
+/// 32 U bound (README, Guarantees).
+#[cfg(not(all(target_os = "none", not(target_pointer_width = "64"))))]
+pub(crate) type Weight = f64;
+/// See the other definition: f32 on bare-metal 32-bit targets.
+#[cfg(all(target_os = "none", not(target_pointer_width = "64")))]
+pub(crate) type Weight = f32;
+
+/// `M2 / count`, with the division done in [`Weight`] precision from the integer count. A rounding-negative
+/// `M2` (possible only within a few ulps of 0) gives 0; NaN stays NaN.
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
 #[inline(always)]
 pub(crate) fn variance(m2: f32, count: usize) -> f32 {
     let m2 = if m2 < 0.0 { 0.0 } else { m2 };
-    (m2 as f64 / count as f64) as f32
+    (m2 as Weight / count as Weight) as f32
 }
 
 /// Chan's merge factors for adding `b` values to `n_old`: `b / n` and `n_old · b / n`.
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
 #[inline(always)]
 fn merge_factors(n_old: usize, b: usize) -> (f32, f32) {
     if n_old == 0 {
         // What the divisions below give exactly; a channel's first block and first chunk skip them.
         return (1.0, 0.0);
     }
-    let n_new = n_old as f64 + b as f64;
-    ((b as f64 / n_new) as f32, (n_old as f64 * b as f64 / n_new) as f32)
+    let n_new = n_old as Weight + b as Weight;
+    ((b as Weight / n_new) as f32, (n_old as Weight * b as Weight / n_new) as f32)
 }
 
 /// Chan's factors for merging a block of `b` values into `n_old`: `1/b`, `b/n` and `n_old·b/n`
 /// (computed once per block, shared by every vector of channels).
 #[derive(Clone, Copy)]
-struct BlockMerge {
+pub(crate) struct BlockMerge {
     inv_b: f32,
     f1: f32,
     f2: f32,
 }
 
 impl BlockMerge {
+    #[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
     #[inline(always)]
-    fn new(n_old: usize, b: usize) -> Self {
+    pub(crate) fn new(n_old: usize, b: usize) -> Self {
         let (f1, f2) = merge_factors(n_old, b);
         // `b` is a block length (at most a few thousand): exact in f32, and `1/b` within half an ulp.
-        BlockMerge { inv_b: (1.0 / b as f64) as f32, f1, f2 }
+        BlockMerge { inv_b: (1.0 / b as Weight) as f32, f1, f2 }
     }
 }
 
@@ -90,7 +105,7 @@ impl BlockMerge {
 /// (mean relative to `k0`, and M2). Returns the new `(m, m2)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn merge<S: Simd>(
+pub(crate) fn merge<S: Simd>(
     s: S,
     k: S::V,
     k0: S::V,
@@ -113,7 +128,7 @@ fn merge<S: Simd>(
 
 /// Chan's merge of two `(m, M2, count)` states relative to the same shift; returns `(m, M2)`.
 #[inline(always)]
-fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
+pub(crate) fn merge_state<S: Simd>(s: S, a: (S::V, S::V, usize), b: (S::V, S::V, usize)) -> (S::V, S::V) {
     let delta = s.sub(b.0, a.0);
     let (f1, f2) = merge_factors(a.2, b.2);
     (s.mul_add(delta, s.splat(f1), a.0), s.mul_add(s.mul(delta, s.splat(f2)), delta, s.add(a.1, b.1)))
@@ -401,7 +416,7 @@ struct Block<'a> {
 /// and their sum cannot overflow where the terms do not; dividing the sum by `b·p` (exact, in (½, 1])
 /// then gives `Σ/b` correctly rounded whenever the scaled sum was exact. `b ≥ 1`.
 #[inline(always)]
-fn pow2_below_inv(b: usize) -> f32 {
+pub(crate) fn pow2_below_inv(b: usize) -> f32 {
     1.0 / b.max(1).next_power_of_two() as f32
 }
 
