@@ -26,17 +26,30 @@ pub(crate) const PORTABLE_IS_SIMD: bool = cfg!(any(
     all(target_arch = "wasm32", target_feature = "simd128"),
 ));
 
-/// Whether the portable tier is compiled in: always where it has SIMD; elsewhere only with the
-/// `all-tiers` feature (for comparing tiers), since the scalar tier is the one that runs there and the
-/// portable one would be compiled for nothing — it was most of a debug build's time for thumbv6m.
-pub(crate) const PORTABLE_COMPILED: bool = cfg!(any(
-    feature = "all-tiers",
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    all(target_arch = "arm", target_feature = "neon"),
-    all(target_arch = "wasm32", target_feature = "simd128"),
-));
+/// Items for where the portable tier is compiled in (`yes`) and where it is not (`no`): compiled always
+/// where it has SIMD, elsewhere only with the `all-tiers` feature (for comparing tiers), since the scalar
+/// tier is the one that runs there and the portable one would be compiled for nothing — it was most of
+/// a debug build's time for thumbv6m.
+macro_rules! portable_compiled {
+    (yes: { $($yes:item)* } no: { $($no:item)* }) => {
+        $(#[cfg(any(
+            feature = "all-tiers",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            all(target_arch = "arm", target_feature = "neon"),
+            all(target_arch = "wasm32", target_feature = "simd128"),
+        ))] $yes)*
+        $(#[cfg(not(any(
+            feature = "all-tiers",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            all(target_arch = "arm", target_feature = "neon"),
+            all(target_arch = "wasm32", target_feature = "simd128"),
+        )))] $no)*
+    };
+}
 
 /// A vector of `LANES` f32 values and the operations the kernels need.
 ///
@@ -161,24 +174,7 @@ pub(crate) fn run(isa: Isa, call: Call<'_>) {
             // SAFETY: `is_available` confirmed AVX2, FMA and the OS's ymm state.
             avx2_entries::dispatch(unsafe { x86_64::avx2::Avx2::new_unchecked() }, call)
         }
-        #[cfg(any(
-            feature = "all-tiers",
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            all(target_arch = "arm", target_feature = "neon"),
-            all(target_arch = "wasm32", target_feature = "simd128"),
-        ))]
-        _ => portable_entries::dispatch(portable::Portable, call),
-        #[cfg(not(any(
-            feature = "all-tiers",
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            all(target_arch = "arm", target_feature = "neon"),
-            all(target_arch = "wasm32", target_feature = "simd128"),
-        )))]
-        _ => scalar_entries::dispatch(scalar::Scalar, call),
+        _ => run_fallback(call),
     }
 }
 
@@ -275,16 +271,28 @@ macro_rules! tier_entries {
 }
 
 tier_entries!(scalar_entries, crate::arch::scalar::Scalar);
-// Compiled where `PORTABLE_COMPILED` (the same condition).
-#[cfg(any(
-    feature = "all-tiers",
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    all(target_arch = "arm", target_feature = "neon"),
-    all(target_arch = "wasm32", target_feature = "simd128"),
-))]
-tier_entries!(portable_entries, crate::arch::portable::Portable);
+
+portable_compiled! {
+    yes: {
+        /// Whether the portable tier is compiled in.
+        pub(crate) const PORTABLE_COMPILED: bool = true;
+        tier_entries!(portable_entries, crate::arch::portable::Portable);
+        /// Runs `call` on the portable tier: the fallback of [`run`].
+        #[inline(always)]
+        fn run_fallback(call: Call<'_>) {
+            portable_entries::dispatch(portable::Portable, call)
+        }
+    }
+    no: {
+        /// Whether the portable tier is compiled in.
+        pub(crate) const PORTABLE_COMPILED: bool = false;
+        /// Runs `call` on the scalar tier, the fallback of [`run`] where the portable one is not compiled.
+        #[inline(always)]
+        fn run_fallback(call: Call<'_>) {
+            scalar_entries::dispatch(scalar::Scalar, call)
+        }
+    }
+}
 #[cfg(target_arch = "x86_64")]
 tier_entries!(avx2_entries, crate::arch::x86_64::avx2::Avx2, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
