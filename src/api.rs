@@ -283,52 +283,82 @@ pub fn channel_affine_in_place(
     Kernels::for_free_functions().channel_affine_in_place(desc, xy, scale, shift)
 }
 
-/// Updates running statistics the way PyTorch does, from a batch's `mean` and population `var` over
-/// `count` values per channel:
+/// How running statistics follow the batches: PyTorch's `BatchNorm` `momentum` argument.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Momentum {
+    /// `r ← (1 − m)·r + m·batch` with `m` in `[0, 1]` (PyTorch's `momentum = m`; its default is 0.1).
+    Exponential(f32),
+    /// The cumulative average of every batch so far (PyTorch's `momentum = None`): the `batches`-th
+    /// batch, counting this one from 1, is weighted `1/batches` (PyTorch's `num_batches_tracked` after
+    /// its increment). The first batch replaces the running statistics.
+    CumulativeAverage {
+        /// Batches seen, this one included (at least 1).
+        batches: u64,
+    },
+}
+
+/// Updates running statistics the way PyTorch does, from a batch's `mean` and population `var` over the
+/// `N·S` values per channel of `desc` (the descriptor the statistics were computed on — for SyncBN, one
+/// describing the whole global batch): with `m` the momentum's weight,
 /// `rm ← (1 − m)·rm + m·mean` and `rv ← (1 − m)·rv + m·var·count/(count − 1)` (computed in f64 and
 /// rounded once; on bare-metal 32-bit targets, whose FPUs have no f64, in f32: a few ulp).
 ///
-/// The two ends of the momentum range are exact: `m = 0` leaves the running statistics bit for bit as
-/// they were (even where the batch's statistics are NaN or infinite), and `m = 1` replaces them by the
-/// batch's (even where the running ones are NaN or infinite). In between, a non-finite value on either
-/// side makes that channel's result non-finite.
+/// The count comes from the descriptor, not from the caller: an earlier version took a bare integer, and
+/// passing the tensor's length instead of `N·S` returned `Ok` with a silently wrong running variance.
 ///
-/// Errors: the four slices of different lengths, `count < 2`, momentum outside `[0, 1]` or NaN.
+/// The two ends of the weight range are exact: `m = 0` leaves the running statistics bit for bit as
+/// they were (even where the batch's statistics are NaN or infinite), and `m = 1` (also the first batch
+/// of a cumulative average) replaces them by the batch's (even where the running ones are NaN or
+/// infinite). In between, a non-finite value on either side makes that channel's result non-finite.
+///
+/// Errors: a slice whose length is not `desc`'s channel count, `N·S < 2` (no unbiased variance), an
+/// exponential momentum outside `[0, 1]` or NaN, a cumulative average of 0 batches.
 ///
 /// ```
+/// use bnorm::{Layout, Momentum, Shape, TensorDesc};
+/// // A batch of 2 × 1 channel × 2 values: N·S = 4.
+/// let desc = TensorDesc::new(Shape::new(2, 1, 2), Layout::Nchw).unwrap();
 /// let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
-/// bnorm::update_running_stats(&mut rm, &mut rv, &[2.0], &[3.0], 4, 0.5).unwrap();
+/// bnorm::update_running_stats(&desc, &mut rm, &mut rv, &[2.0], &[3.0], Momentum::Exponential(0.5)).unwrap();
 /// assert_eq!((rm[0], rv[0]), (1.0, 0.5 + 0.5 * 4.0));
+/// // The second batch of a cumulative average weighs 1/2.
+/// bnorm::update_running_stats(&desc, &mut rm, &mut rv, &[3.0], &[0.75], Momentum::CumulativeAverage { batches: 2 })
+///     .unwrap();
+/// assert_eq!((rm[0], rv[0]), (2.0, 1.75));
 /// ```
 #[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
 pub fn update_running_stats(
+    desc: &TensorDesc,
     running_mean: &mut [f32],
     running_var: &mut [f32],
     mean: &[f32],
     var: &[f32],
-    count: usize,
-    momentum: f32,
+    momentum: Momentum,
 ) -> Result<(), Error> {
-    let c = running_mean.len();
+    let c = desc.shape().c;
+    check_len("running_mean", running_mean, c)?;
     check_len("running_var", running_var, c)?;
     check_len("mean", mean, c)?;
     check_len("var", var, c)?;
+    let count = desc.shape().count();
     if count < 2 {
         return Err(Error::CountTooSmall { count });
     }
-    if !(0.0..=1.0).contains(&momentum) {
-        return Err(Error::InvalidMomentum { momentum });
-    }
-    if momentum == 0.0 {
+    type W = crate::kernels::stats::Weight;
+    let m: W = match momentum {
+        Momentum::Exponential(m) if (0.0..=1.0).contains(&m) => m as W,
+        Momentum::Exponential(momentum) => return Err(Error::InvalidMomentum { momentum }),
+        Momentum::CumulativeAverage { batches: 0 } => return Err(Error::NoBatches),
+        Momentum::CumulativeAverage { batches } => 1.0 / batches as W,
+    };
+    if m == 0.0 {
         // `(1 − 0)·rm + 0·mean` would turn a NaN or infinite batch statistic into NaN (0·∞).
         return Ok(());
     }
-    type W = crate::kernels::stats::Weight;
-    let m = momentum as W;
     let unbias = count as W / (count - 1) as W;
     for i in 0..c {
         let (bm, bv) = (mean[i] as W, var[i] as W * unbias);
-        if momentum == 1.0 {
+        if m == 1.0 {
             // Likewise `0·rm` for a non-finite running statistic.
             running_mean[i] = bm as f32;
             running_var[i] = bv as f32;

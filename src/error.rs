@@ -59,9 +59,11 @@ pub enum Error {
     },
     /// Unbiased running variance needs at least two values per channel.
     CountTooSmall {
-        /// The count given.
+        /// The values per channel (`N·S`) of the descriptor given.
         count: usize,
     },
+    /// A cumulative average of running statistics over 0 batches (they count from 1, this one included).
+    NoBatches,
 }
 
 impl fmt::Display for Error {
@@ -92,8 +94,11 @@ impl fmt::Display for Error {
             }
             Error::CountTooSmall { count } => write!(
                 f,
-                "count {count} is too small: the unbiased variance needs at least 2 values per channel"
+                "N·S = {count} values per channel is too few: the unbiased variance needs at least 2"
             ),
+            Error::NoBatches => {
+                write!(f, "a cumulative average over 0 batches: count batches from 1, this one included")
+            }
         }
     }
 }

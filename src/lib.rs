@@ -86,7 +86,7 @@ mod layout;
 mod tuning;
 
 pub use api::{
-    Affine, channel_affine, channel_affine_in_place, forward_inference, forward_inference_in_place,
+    Affine, Momentum, channel_affine, channel_affine_in_place, forward_inference, forward_inference_in_place,
     forward_training, forward_training_in_place, moments, update_running_stats,
 };
 pub use dispatch::{Isa, Kernels};

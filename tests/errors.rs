@@ -3,7 +3,7 @@
 
 mod common;
 
-use bnorm::{Affine, Error, Isa, Kernels, Layout, Shape, TensorDesc};
+use bnorm::{Affine, Error, Isa, Kernels, Layout, Momentum, Shape, TensorDesc};
 use common::kernels_or_skip;
 
 const SENTINEL: f32 = -12345.0;
@@ -179,29 +179,38 @@ fn check_operations(k: Kernels, layout: Layout) {
 #[test]
 fn running_stats_errors_leave_outputs_untouched() {
     let one = [1.0f32; 3];
-    type Args = (usize, usize, usize, usize, usize, f32);
-    let cases: [(Args, Error); 8] = [
-        ((3, 2, 3, 3, 4, 0.1), Error::LengthMismatch { what: "running_var", expected: 3, found: 2 }),
-        ((3, 3, 1, 3, 4, 0.1), Error::LengthMismatch { what: "mean", expected: 3, found: 1 }),
-        ((3, 3, 3, 0, 4, 0.1), Error::LengthMismatch { what: "var", expected: 3, found: 0 }),
-        ((3, 3, 3, 3, 1, 0.1), Error::CountTooSmall { count: 1 }),
-        ((3, 3, 3, 3, 0, 0.1), Error::CountTooSmall { count: 0 }),
-        ((3, 3, 3, 3, 4, -0.1), Error::InvalidMomentum { momentum: -0.1 }),
-        ((3, 3, 3, 3, 4, 1.5), Error::InvalidMomentum { momentum: 1.5 }),
-        ((3, 3, 3, 3, 4, f32::INFINITY), Error::InvalidMomentum { momentum: f32::INFINITY }),
+    let exp = Momentum::Exponential;
+    // (running_mean, running_var, mean, var lengths; N; momentum) on 3 channels, S = 1.
+    type Args = (usize, usize, usize, usize, usize, Momentum);
+    let cases: [(Args, Error); 10] = [
+        ((2, 3, 3, 3, 4, exp(0.1)), Error::LengthMismatch { what: "running_mean", expected: 3, found: 2 }),
+        ((3, 2, 3, 3, 4, exp(0.1)), Error::LengthMismatch { what: "running_var", expected: 3, found: 2 }),
+        ((3, 3, 1, 3, 4, exp(0.1)), Error::LengthMismatch { what: "mean", expected: 3, found: 1 }),
+        ((3, 3, 3, 0, 4, exp(0.1)), Error::LengthMismatch { what: "var", expected: 3, found: 0 }),
+        ((3, 3, 3, 3, 1, exp(0.1)), Error::CountTooSmall { count: 1 }),
+        ((3, 3, 3, 3, 4, exp(-0.1)), Error::InvalidMomentum { momentum: -0.1 }),
+        ((3, 3, 3, 3, 4, exp(1.5)), Error::InvalidMomentum { momentum: 1.5 }),
+        ((3, 3, 3, 3, 4, exp(f32::INFINITY)), Error::InvalidMomentum { momentum: f32::INFINITY }),
+        ((3, 3, 3, 3, 4, Momentum::CumulativeAverage { batches: 0 }), Error::NoBatches),
+        ((3, 3, 3, 3, 1, Momentum::CumulativeAverage { batches: 1 }), Error::CountTooSmall { count: 1 }),
     ];
-    for ((rml, rvl, ml, vl, count, mom), want) in cases {
+    for ((rml, rvl, ml, vl, n, mom), want) in cases {
+        let d = TensorDesc::new(Shape::new(n, 3, 1), Layout::Nhwc).unwrap();
         let (mut rm, mut rv) = (vec![SENTINEL; rml], vec![SENTINEL; rvl]);
-        let e =
-            bnorm::update_running_stats(&mut rm, &mut rv, &one[..ml], &one[..vl], count, mom).unwrap_err();
+        let e = bnorm::update_running_stats(&d, &mut rm, &mut rv, &one[..ml], &one[..vl], mom).unwrap_err();
         assert_eq!(e, want);
         assert!(!e.to_string().is_empty());
         assert!(untouched(&rm) && untouched(&rv));
     }
+    let d = TensorDesc::new(Shape::new(2, 3, 2), Layout::Nchw).unwrap();
     let (mut rm, mut rv) = (vec![SENTINEL; 3], vec![SENTINEL; 3]);
-    let e = bnorm::update_running_stats(&mut rm, &mut rv, &one, &one, 4, f32::NAN).unwrap_err();
+    let e = bnorm::update_running_stats(&d, &mut rm, &mut rv, &one, &one, exp(f32::NAN)).unwrap_err();
     assert!(matches!(e, Error::InvalidMomentum { .. }));
     assert!(untouched(&rm) && untouched(&rv));
+    // The message names the count the descriptor gives.
+    let d = TensorDesc::new(Shape::new(1, 3, 1), Layout::Nchw).unwrap();
+    let e = bnorm::update_running_stats(&d, &mut rm, &mut rv, &one, &one, exp(0.1)).unwrap_err();
+    assert!(e.to_string().contains("N·S = 1"), "{e}");
 }
 
 mod random_arguments {
@@ -357,8 +366,13 @@ mod random_arguments {
             let mut rm = vec![SENTINEL; c];
             let mut rv = vec![SENTINEL; near(c, dv)];
             let (mean, var) = (vec![0.0f32; near(c, dm)], vec![1.0f32; near(c, dg)]);
-            let ok = rv.len() == c && mean.len() == c && var.len() == c && a.count >= 2 && (0.0..=1.0).contains(&a.momentum);
-            let r = bnorm::update_running_stats(&mut rm, &mut rv, &mean, &var, a.count, a.momentum);
+            // `count` picks the momentum: exponential, or a cumulative average over 0 (invalid) to 2 batches.
+            let (mom, mom_ok) = match a.count {
+                0 => (Momentum::Exponential(a.momentum), (0.0..=1.0).contains(&a.momentum)),
+                k => (Momentum::CumulativeAverage { batches: k as u64 - 1 }, k > 1),
+            };
+            let ok = rv.len() == c && mean.len() == c && var.len() == c && a.n * a.s >= 2 && mom_ok;
+            let r = bnorm::update_running_stats(&d, &mut rm, &mut rv, &mean, &var, mom);
             prop_assert_eq!(r.is_ok(), ok, "running stats {:?}", r);
             if !ok { prop_assert!(untouched(&rm) && untouched(&rv)); }
         }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use bnorm::Momentum;
 use bnorm::{Affine, Isa, Kernels, Shape, TensorDesc};
 use common::*;
 
@@ -234,6 +235,11 @@ fn affine_with_exact_parameters() {
     });
 }
 
+/// A descriptor of `c` channels with `count` values per channel (N = count, S = 1).
+fn per(c: usize, count: usize) -> bnorm::TensorDesc {
+    bnorm::TensorDesc::new(bnorm::Shape::new(count, c, 1), bnorm::Layout::Nchw).unwrap()
+}
+
 /// The running-statistics update against its formula, in f64.
 #[test]
 fn running_stats_formula() {
@@ -241,7 +247,15 @@ fn running_stats_formula() {
     let mut rv = [1.0f32, 4.0, 0.0];
     let mean = [3.0f32, 0.0, -1.0];
     let var = [2.0f32, 1.0, 9.0];
-    bnorm::update_running_stats(&mut rm, &mut rv, &mean, &var, 5, 0.25).unwrap();
+    bnorm::update_running_stats(
+        &per(rm.len(), 5),
+        &mut rm,
+        &mut rv,
+        &mean,
+        &var,
+        Momentum::Exponential(0.25),
+    )
+    .unwrap();
     for c in 0..3 {
         let want_m = 0.75 * [1.0, -2.0, 0.5][c] + 0.25 * mean[c] as f64;
         let want_v = 0.75 * [1.0, 4.0, 0.0][c] + 0.25 * var[c] as f64 * 5.0 / 4.0;
@@ -250,10 +264,25 @@ fn running_stats_formula() {
     }
     // Momentum 0 keeps the running values; momentum 1 replaces them (with the unbiased variance).
     let (mut a, mut b) = ([7.0f32], [3.0f32]);
-    bnorm::update_running_stats(&mut a, &mut b, &[1.0], &[1.0], 2, 0.0).unwrap();
+    bnorm::update_running_stats(&per(a.len(), 2), &mut a, &mut b, &[1.0], &[1.0], Momentum::Exponential(0.0))
+        .unwrap();
     assert_eq!((a[0], b[0]), (7.0, 3.0));
-    bnorm::update_running_stats(&mut a, &mut b, &[1.0], &[1.0], 2, 1.0).unwrap();
+    bnorm::update_running_stats(&per(a.len(), 2), &mut a, &mut b, &[1.0], &[1.0], Momentum::Exponential(1.0))
+        .unwrap();
     assert_eq!((a[0], b[0]), (1.0, 2.0));
+    // The cumulative average: batch 1 replaces, batch k weighs 1/k — the mean of the batches' values.
+    let (mut a, mut b) = ([7.0f32], [3.0f32]);
+    let batches = [(2.0f32, 1.0f32), (5.0, 3.0), (-1.0, 0.5), (4.0, 2.0)];
+    for (k, &(m, v)) in batches.iter().enumerate() {
+        let mom = Momentum::CumulativeAverage { batches: k as u64 + 1 };
+        bnorm::update_running_stats(&per(1, 3), &mut a, &mut b, &[m], &[v], mom).unwrap();
+        let n = (k + 1) as f64;
+        let want_m = batches[..=k].iter().map(|p| p.0 as f64).sum::<f64>() / n;
+        let want_v = batches[..=k].iter().map(|p| p.1 as f64 * 1.5).sum::<f64>() / n;
+        assert!((a[0] as f64 - want_m).abs() <= 4e-7 * want_m.abs(), "batch {k}: mean {} vs {want_m}", a[0]);
+        assert!((b[0] as f64 - want_v).abs() <= 4e-7 * want_v.abs(), "batch {k}: var {} vs {want_v}", b[0]);
+    }
+    assert_eq!((a[0], b[0]), (2.5, 2.4375));
 }
 
 /// Momentum 0 leaves the running statistics bit for bit as they were, whatever the batch's statistics
@@ -264,19 +293,42 @@ fn running_stats_momentum_ends_are_exact() {
     for &bad in &odd {
         for &keep in &[1.0f32, -0.0, 3.5e-42, f32::MAX] {
             let (mut rm, mut rv) = ([keep, 2.0], [keep.abs(), 3.0]);
-            bnorm::update_running_stats(&mut rm, &mut rv, &[bad, bad], &[bad.abs(), bad.abs()], 7, 0.0)
-                .unwrap();
+            bnorm::update_running_stats(
+                &per(rm.len(), 7),
+                &mut rm,
+                &mut rv,
+                &[bad, bad],
+                &[bad.abs(), bad.abs()],
+                Momentum::Exponential(0.0),
+            )
+            .unwrap();
             assert_eq!(rm.map(f32::to_bits), [keep, 2.0].map(f32::to_bits), "m = 0, batch {bad}");
             assert_eq!(rv.map(f32::to_bits), [keep.abs(), 3.0].map(f32::to_bits), "m = 0, batch {bad}");
         }
         let (mut rm, mut rv) = ([bad, bad], [bad.abs(), bad]);
-        bnorm::update_running_stats(&mut rm, &mut rv, &[1.5, -2.0], &[3.0, 0.0], 4, 1.0).unwrap();
+        bnorm::update_running_stats(
+            &per(rm.len(), 4),
+            &mut rm,
+            &mut rv,
+            &[1.5, -2.0],
+            &[3.0, 0.0],
+            Momentum::Exponential(1.0),
+        )
+        .unwrap();
         assert_eq!(rm, [1.5, -2.0], "m = 1, running {bad}");
         assert_eq!(rv, [4.0, 0.0], "m = 1, running {bad}");
     }
     // In between, a non-finite value on either side poisons that channel only.
     let (mut rm, mut rv) = ([1.0f32, 1.0], [1.0f32, 1.0]);
-    bnorm::update_running_stats(&mut rm, &mut rv, &[f32::NAN, 3.0], &[1.0, 1.0], 2, 0.5).unwrap();
+    bnorm::update_running_stats(
+        &per(rm.len(), 2),
+        &mut rm,
+        &mut rv,
+        &[f32::NAN, 3.0],
+        &[1.0, 1.0],
+        Momentum::Exponential(0.5),
+    )
+    .unwrap();
     assert!(rm[0].is_nan());
     assert_eq!((rm[1], rv), (2.0, [1.5, 1.5]));
 }

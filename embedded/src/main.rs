@@ -381,7 +381,7 @@ fn free_functions(ctx: &mut Ctx<'_>) {
         );
     }
     let (mut rm, mut rv) = ([0.0f32; 5], [1.0f32; 5]);
-    let r = bnorm::update_running_stats(&mut rm, &mut rv, &m, &v, 14, 0.1);
+    let r = bnorm::update_running_stats(&desc, &mut rm, &mut rv, &m, &v, bnorm::Momentum::Exponential(0.1));
     ctx.check(r.is_ok(), format_args!("update_running_stats: {r:?}"));
     for c in 0..5 {
         let want_m = 0.1 * m[c] as f64;

@@ -131,8 +131,13 @@ fuzz_target!(|bytes: &[u8]| {
             let mut rm = vec![SENTINEL; c];
             let mut rv = vec![SENTINEL; near(c, d[2])];
             let (mean, var) = (fill(&p.params, near(c, d[1])), fill(&p.params[1..], near(c, d[3])));
-            let ok = chans_ok(&[rv.len(), mean.len(), var.len()]) && p.count >= 2 && (0.0..=1.0).contains(&p.momentum);
-            match bnorm::update_running_stats(&mut rm, &mut rv, &mean, &var, p.count, p.momentum) {
+            // `count` picks the momentum: exponential, or a cumulative average over 0 (invalid) to 3 batches.
+            let (mom, mom_ok) = match p.count {
+                0 => (bnorm::Momentum::Exponential(p.momentum), (0.0..=1.0).contains(&p.momentum)),
+                k => (bnorm::Momentum::CumulativeAverage { batches: k as u64 - 1 }, k > 1),
+            };
+            let ok = chans_ok(&[rv.len(), mean.len(), var.len()]) && p.shape.count() >= 2 && mom_ok;
+            match bnorm::update_running_stats(&desc, &mut rm, &mut rv, &mean, &var, mom) {
                 Err(_) => assert!(!ok && untouched(&rm) && untouched(&rv)),
                 Ok(()) => assert!(ok),
             }
