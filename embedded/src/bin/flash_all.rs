@@ -26,7 +26,8 @@ fn main() -> ! {
         ok &= bnorm::channel_affine(d, &x, &mut y, &m, &v).is_ok();
         ok &= bnorm::channel_affine_in_place(d, &mut y, &m, &v).is_ok();
         let (mut rm, mut rv) = ([0.0f32; 5], [1.0f32; 5]);
-        ok &= bnorm::update_running_stats(d, &mut rm, &mut rv, &m, &v, bnorm::Momentum::Exponential(0.1)).is_ok();
+        ok &= bnorm::update_running_stats(d, &mut rm, &mut rv, &m, &v, bnorm::Momentum::Exponential(0.1))
+            .is_ok();
         black_box((&rm, &rv));
     }
     black_box(&y);
