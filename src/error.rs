@@ -64,6 +64,11 @@ pub enum Error {
     },
     /// A cumulative average of running statistics over 0 batches (they count from 1, this one included).
     NoBatches,
+    /// A folded scale γ/√(var + ε) overflows f32, which a `(scale, shift)` pair cannot represent.
+    ScaleOverflow {
+        /// The first such channel.
+        channel: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -95,6 +100,10 @@ impl fmt::Display for Error {
             Error::CountTooSmall { count } => write!(
                 f,
                 "N·S = {count} values per channel is too few: the unbiased variance needs at least 2"
+            ),
+            Error::ScaleOverflow { channel } => write!(
+                f,
+                "the scale γ/√(var + ε) of channel {channel} overflows f32: it cannot be folded (inference handles it)"
             ),
             Error::NoBatches => {
                 write!(f, "a cumulative average over 0 batches: count batches from 1, this one included")

@@ -8,7 +8,8 @@
 //! - the fused normalise-affine pass `y = (x − mean)·γ/√(var + ε) + β` for training
 //!   ([`forward_training`]) and inference ([`forward_inference`]), in place or not, and the pre-folded
 //!   [`channel_affine`];
-//! - PyTorch-style running statistics ([`update_running_stats`]),
+//! - PyTorch-style running statistics ([`update_running_stats`]) and the folding of inference parameters
+//!   into a per-channel scale and shift for engines ([`fold_scale_shift`]),
 //!
 //! for NCHW, NHWC and channel-blocked layouts, with a scalar tier, a portable SIMD tier (through `wide`:
 //! SSE2, NEON, simd128) and run-time dispatched AVX2 and AVX-512 tiers on x86-64. The API takes slices,
@@ -86,8 +87,8 @@ mod layout;
 mod tuning;
 
 pub use api::{
-    Affine, Momentum, channel_affine, channel_affine_in_place, forward_inference, forward_inference_in_place,
-    forward_training, forward_training_in_place, moments, update_running_stats,
+    Affine, Momentum, channel_affine, channel_affine_in_place, fold_scale_shift, forward_inference,
+    forward_inference_in_place, forward_training, forward_training_in_place, moments, update_running_stats,
 };
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;
