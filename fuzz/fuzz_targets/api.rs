@@ -44,7 +44,7 @@ fuzz_target!(|bytes: &[u8]| {
     let in_range = |v: &[f32]| v.iter().all(|x| x.is_finite() && x.abs() < 1e15);
     let comparable = p.nice && x.len() == len && in_range(&x) && in_range(&gamma) && in_range(&beta);
     let case = Case { shape: p.shape, layout: p.layout, x: x.clone(), gamma: Some(gamma.clone()), beta: Some(beta.clone()), eps: p.eps };
-    match p.op % 8 {
+    match p.op % 9 {
         0 => {
             let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
             let ok = lengths_ok(&[x.len()]) && chans_ok(&[m.len(), v.len()]);
@@ -127,7 +127,7 @@ fuzz_target!(|bytes: &[u8]| {
                 }
             }
         }
-        _ => {
+        7 => {
             let mut rm = vec![SENTINEL; c];
             let mut rv = vec![SENTINEL; near(c, d[2])];
             let (mean, var) = (fill(&p.params, near(c, d[1])), fill(&p.params[1..], near(c, d[3])));
@@ -140,6 +140,33 @@ fuzz_target!(|bytes: &[u8]| {
             match bnorm::update_running_stats(&desc, &mut rm, &mut rv, &mean, &var, mom) {
                 Err(_) => assert!(!ok && untouched(&rm) && untouched(&rv)),
                 Ok(()) => assert!(ok),
+            }
+        }
+        _ => {
+            // Folding: the kernels' scale, and `shift = β − mean·scale`; an overflowing scale is an `Err`.
+            let mean = fill(&p.data, near(c, d[1]));
+            let var: Vec<f32> = fill(&p.params[1..], near(c, d[2])).iter().map(|v| v.abs()).collect();
+            let (mut scale, mut shift) = (vec![SENTINEL; near(c, d[5])], vec![SENTINEL; near(c, d[6])]);
+            // No descriptor: the channel count is `mean`'s length, and every other slice must match it.
+            let m = mean.len();
+            let sizes_ok = [var.len(), scale.len(), shift.len(), gamma.len(), beta.len()].iter().all(|&l| l == m)
+                && p.eps.is_finite()
+                && p.eps >= 0.0;
+            match bnorm::fold_scale_shift(&aff, &mean, &var, &mut scale, &mut shift) {
+                Err(e) => {
+                    assert!(untouched(&scale) && untouched(&shift));
+                    assert!(!sizes_ok || matches!(e, bnorm::Error::ScaleOverflow { .. } | bnorm::Error::InvalidVariance { .. }), "{e}");
+                }
+                Ok(()) => {
+                    assert!(sizes_ok);
+                    for j in 0..m {
+                        let v = var[j] + p.eps;
+                        let want = gamma[j] * if v == 0.0 { 0.0 } else { 1.0 / v.sqrt() };
+                        assert!(scale[j].to_bits() == want.to_bits() || (scale[j].is_nan() && want.is_nan()), "{j}");
+                        let want = beta[j] - mean[j] * want;
+                        assert!(shift[j].to_bits() == want.to_bits() || (shift[j].is_nan() && want.is_nan()), "{j}");
+                    }
+                }
             }
         }
     }
