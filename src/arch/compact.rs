@@ -79,8 +79,10 @@ pub(crate) fn sums<const G: usize, const R: usize>(
     a: &mut ([[f32; G]; R], [[f32; G]; R]),
 ) -> usize {
     let rows = rows / R * R;
-    // Every row must lie in `run`: the last one's `G` values end at `(rows − 1)·step + G`.
-    if rows == 0
+    // Every row must lie in `run`: the last one's `G` values end at `(rows − 1)·step + G`. Without an
+    // assembly loop (`m_profile::LOOPS`) nothing is copied in and out.
+    if !m_profile::LOOPS
+        || rows == 0
         || step < G
         || (rows - 1).checked_mul(step).and_then(|e| e.checked_add(G)).is_none_or(|e| e > run.len())
     {
@@ -110,6 +112,9 @@ pub(crate) fn sums<const G: usize, const R: usize>(
 /// does the rest.
 #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
 mod m_profile {
+    /// Whether the loops below exist.
+    pub(super) const LOOPS: bool = true;
+
     /// Elements `0..8·⌊n/8⌋` of `run`. `x` is readable and `y` writable for `n` floats (`x == y` in place).
     #[inline(always)]
     pub(super) fn run(x: *const f32, y: *mut f32, n: usize, p: [f32; 3]) -> usize {
@@ -335,6 +340,8 @@ mod m_profile {
 /// Elsewhere the Rust loops of the callers do all the work.
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf", target_os = "none")))]
 mod m_profile {
+    pub(super) const LOOPS: bool = false;
+
     #[inline(always)]
     pub(super) fn run(_: *const f32, _: *mut f32, _: usize, _: [f32; 3]) -> usize {
         0
