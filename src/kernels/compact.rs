@@ -1,7 +1,8 @@
 #![forbid(unsafe_code)]
-//! The scalar tier's normalise-affine pass on targets without SIMD (Cortex-M, RISC-V without vectors:
-//! `Simd::COMPACT`): plain loops over each layout's natural order, one channel's parameters in registers
-//! at a time. On cached CPUs the scalar tier keeps the vector runs, whose address order and
+//! The scalar tier's passes on targets without SIMD (Cortex-M, RISC-V without vectors: `Simd::COMPACT`):
+//! the normalise-affine pass and the statistics pass (`moments`, below), plain loops over each layout's
+//! natural order, one channel's (or four adjacent channels') parameters or state in registers at a time;
+//! their innermost loops are `crate::arch::compact`'s. On cached CPUs the scalar tier keeps the vector runs, whose address order and
 //! non-temporal stores matter even at one lane.
 //!
 //! The vector tiers cut every layout into runs with blended segment boundaries, periodic parameter

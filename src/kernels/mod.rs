@@ -160,7 +160,7 @@ impl Io for Split<'_> {
             let r = strided_span(at, step, count);
             crate::arch::compact::run(&self.x[r.clone()], &mut self.y[r], p);
         } else {
-            self.map_strided(at, step, count, |x| (x - p[0]) * p[1] + p[2]);
+            self.map_strided(at, step, count, |x| crate::arch::compact::affine(x, p));
         }
     }
     #[inline(always)]
@@ -226,7 +226,7 @@ impl Io for InPlace<'_> {
         if step == 1 {
             crate::arch::compact::run_in_place(&mut self.xy[strided_span(at, step, count)], p);
         } else {
-            self.map_strided(at, step, count, |x| (x - p[0]) * p[1] + p[2]);
+            self.map_strided(at, step, count, |x| crate::arch::compact::affine(x, p));
         }
     }
     #[inline(always)]
