@@ -2,8 +2,9 @@
 //! The operations: validation, then one call into the chosen tier.
 
 use crate::dispatch::Kernels;
+use crate::kernels::backward::{BackOut, BackParams, GivenSums, ReduceOut};
 use crate::kernels::ops::{Call, Data, ParamSrc};
-use crate::{Error, TensorDesc};
+use crate::{Error, Shape, TensorDesc};
 
 /// The affine part of batch normalisation: `y = x̂·γ + β` with `x̂ = (x − mean)/√(var + ε)`.
 ///
@@ -30,6 +31,72 @@ impl<'a> Affine<'a> {
     pub const fn new(gamma: &'a [f32], beta: &'a [f32], eps: f32) -> Self {
         Affine { gamma: Some(gamma), beta: Some(beta), eps }
     }
+}
+
+/// Which statistics the forward pass normalised with, for the backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatsMode {
+    /// The batch's own statistics (training mode): the gradient flows through the mean and variance.
+    Batch,
+    /// Fixed statistics (running statistics: frozen BN, oneDNN's `use_global_stats`): `dx = γ·dy/√(var + ε)`.
+    Global,
+}
+
+/// The statistics a forward pass normalised with, as the backward pass takes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Saved<'a> {
+    /// Per-channel mean (C values): the `mean` that [`forward_training`] wrote, or the running mean.
+    pub mean: &'a [f32],
+    /// Per-channel population variance (C values), likewise.
+    pub var: &'a [f32],
+    /// Whether these are the batch's statistics or fixed ones.
+    pub mode: StatsMode,
+}
+
+impl<'a> Saved<'a> {
+    /// The batch's statistics, as [`forward_training`] wrote them (training mode).
+    pub const fn batch(mean: &'a [f32], var: &'a [f32]) -> Self {
+        Saved { mean, var, mode: StatsMode::Batch }
+    }
+    /// Fixed (running) statistics, as [`forward_inference`] used them.
+    pub const fn global(mean: &'a [f32], var: &'a [f32]) -> Self {
+        Saved { mean, var, mode: StatsMode::Global }
+    }
+}
+
+/// The parameter gradients a backward call writes, each optional (C values each): `dγ = Σ dy·x̂` and
+/// `dβ = Σ dy`.
+#[derive(Debug, Default)]
+pub struct ParamGrads<'a> {
+    /// `dγ`, or `None` not to compute it.
+    pub dgamma: Option<&'a mut [f32]>,
+    /// `dβ`, or `None` not to compute it.
+    pub dbeta: Option<&'a mut [f32]>,
+}
+
+impl<'a> ParamGrads<'a> {
+    /// Neither gradient.
+    pub fn none() -> Self {
+        ParamGrads { dgamma: None, dbeta: None }
+    }
+    /// Both gradients.
+    pub fn new(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> Self {
+        ParamGrads { dgamma: Some(dgamma), dbeta: Some(dbeta) }
+    }
+}
+
+/// Per-channel gradient sums, as [`Kernels::backward_reduce`] writes them and SyncBN all-reduces them:
+/// `Σdy` and `Σdy·(x − mean)` over a batch of shape `batch` (for SyncBN the whole global batch, whose
+/// values per channel `batch.count()` divide the sums).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradSums<'a> {
+    /// `Σdy` per channel (C values).
+    pub sum_dy: &'a [f32],
+    /// `Σdy·(x − mean)` per channel (C values).
+    pub sum_dy_xmu: &'a [f32],
+    /// The batch the sums cover: the tensor's own shape, or (SyncBN) the global batch's — the same C,
+    /// and at least as many values per channel as the tensor.
+    pub batch: Shape,
 }
 
 fn check_len(what: &'static str, s: &[f32], expected: usize) -> Result<(), Error> {
@@ -73,6 +140,38 @@ fn check_variances(var: &[f32]) -> Result<(), Error> {
     match var.iter().position(|v| v.is_nan() || *v < 0.0) {
         Some(channel) => Err(Error::InvalidVariance { channel, var: var[channel] }),
         None => Ok(()),
+    }
+}
+
+fn check_grads(desc: &TensorDesc, g: &ParamGrads<'_>) -> Result<(), Error> {
+    let c = desc.shape().c;
+    if let Some(d) = g.dgamma.as_deref() {
+        check_len("dgamma", d, c)?;
+    }
+    if let Some(d) = g.dbeta.as_deref() {
+        check_len("dbeta", d, c)?;
+    }
+    Ok(())
+}
+
+fn check_sums(desc: &TensorDesc, g: &GradSums<'_>) -> Result<(), Error> {
+    let c = desc.shape().c;
+    check_len("sum_dy", g.sum_dy, c)?;
+    check_len("sum_dy_xmu", g.sum_dy_xmu, c)?;
+    if g.batch.c != c || g.batch.count() < desc.shape().count() {
+        return Err(Error::BatchMismatch { batch: g.batch, local: desc.shape() });
+    }
+    Ok(())
+}
+
+fn back_params<'a>(affine: &Affine<'a>, saved: &Saved<'a>, sums: Option<&GradSums<'a>>) -> BackParams<'a> {
+    BackParams {
+        gamma: affine.gamma,
+        eps: affine.eps,
+        mean: saved.mean,
+        var: saved.var,
+        batch_stats: saved.mode == StatsMode::Batch,
+        sums: sums.map(|g| GivenSums { sum_dy: g.sum_dy, sum_dy_xmu: g.sum_dy_xmu, count: g.batch.count() }),
     }
 }
 
@@ -216,6 +315,165 @@ impl Kernels {
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params });
         Ok(())
     }
+
+    /// The backward pass: `dx` (and, where asked for, `dγ`, `dβ`) from `x`, the output gradient `dy` and
+    /// the statistics the forward pass used. With `x̂ = (x − mean)·inv`, `inv = 1/√(var + ε)` computed as
+    /// the forward pass computes it, and `M = N·S`:
+    ///
+    /// - [`StatsMode::Batch`] (training): `dβ = Σdy`, `dγ = Σdy·x̂`,
+    ///   `dx = γ·inv·(dy − dβ/M − x̂·dγ/M)`;
+    /// - [`StatsMode::Global`] (frozen statistics): `dx = γ·inv·dy`, and `dγ`, `dβ` as above.
+    ///
+    /// `affine.beta` plays no part (it is only checked, so the forward pass's `Affine` can be passed);
+    /// `gamma: None` is γ = 1. In training mode the sums are one read pass of `x` and `dy` with blocked
+    /// accumulation (README, Guarantees), channel chunk by channel chunk, and each chunk's `dx` is written
+    /// while its `x` and `dy` are still in cache; with global statistics and no `dγ`/`dβ` it is a single
+    /// pass over `dy`. The centred sum `Σ(dy − mean(dy))·(x − mean)` is used, so the f32 rounding of the
+    /// saved mean does not enter `dγ` or `dx`, and a constant `dy` gives `dx` exactly 0.
+    ///
+    /// Errors (before anything is written): `x`, `dy` or `dx` not `desc.len()` long; `mean`, `var`,
+    /// `gamma`, `beta`, `dgamma` or `dbeta` not C long; ε negative or not finite; a variance negative or
+    /// NaN.
+    #[allow(clippy::too_many_arguments)] // the primitive's inputs, as oneDNN's backward takes them
+    #[inline(always)]
+    pub fn backward(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        mut grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dx", dx, desc.len())?;
+        check_backward(desc, affine, saved, &grads)?;
+        let params = back_params(affine, saved, None);
+        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::Split(dy, dx), params, out });
+        Ok(())
+    }
+
+    /// [`backward`](Self::backward) writing `dx` over `dy` (`dy_dx`): gives the same bits.
+    #[inline(always)]
+    pub fn backward_in_place(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        mut grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy_dx", dy_dx, desc.len())?;
+        check_backward(desc, affine, saved, &grads)?;
+        let params = back_params(affine, saved, None);
+        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::InPlace(dy_dx), params, out });
+        Ok(())
+    }
+
+    /// The backward pass's first half (PyTorch's `batch_norm_backward_reduce`): per channel
+    /// `sum_dy = Σdy` and `sum_dy_xmu = Σdy·(x − mean)`, one read pass of `x` and `dy` with the blocked
+    /// accumulation of [`backward`](Self::backward). For SyncBN, all-reduce (sum) both over the ranks,
+    /// then run [`backward_elementwise`](Self::backward_elementwise) on each rank's shard.
+    ///
+    /// Errors: `x`, `dy` not `desc.len()` long; `mean`, `sum_dy`, `sum_dy_xmu` not C long.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_reduce(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        sum_dy: &mut [f32],
+        sum_dy_xmu: &mut [f32],
+    ) -> Result<(), Error> {
+        let c = desc.shape().c;
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("mean", mean, c)?;
+        check_len("sum_dy", sum_dy, c)?;
+        check_len("sum_dy_xmu", sum_dy_xmu, c)?;
+        let out = ReduceOut { sum_dy, sum_dy_xmu };
+        crate::arch::run(self.isa(), Call::BackwardReduce { desc, x, dy, mean, out });
+        Ok(())
+    }
+
+    /// The backward pass's second half (PyTorch's `batch_norm_backward_elemt`): `dx` from sums
+    /// [`backward_reduce`](Self::backward_reduce) wrote (all-reduced over the ranks, for SyncBN), and
+    /// `dγ = inv·sum_dy_xmu`, `dβ = sum_dy` where asked for. In training mode
+    /// `dx = γ·inv·(dy − sum_dy/M − (x − mean)·inv²·sum_dy_xmu/M)` with `M = sums.batch.count()`; with
+    /// global statistics `dx = γ·inv·dy` (the sums then only give `dγ`, `dβ`).
+    ///
+    /// The halves use `Σdy·(x − mean)` as it is, where [`backward`](Self::backward) corrects it by
+    /// `mean(dy)·Σ(x − mean)` (a sum that does not all-reduce to the same thing): their results differ
+    /// by that term, which is 0 where `mean` is the exact mean and otherwise of the order of the mean's
+    /// f32 rounding (README, Guarantees).
+    ///
+    /// Errors: as [`backward`](Self::backward), plus `sum_dy`/`sum_dy_xmu` not C long, and a
+    /// `sums.batch` with another C or fewer values per channel than `desc`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_elementwise(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: &GradSums<'_>,
+        mut grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dx", dx, desc.len())?;
+        check_backward(desc, affine, saved, &grads)?;
+        check_sums(desc, sums)?;
+        let params = back_params(affine, saved, Some(sums));
+        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::Split(dy, dx), params, out });
+        Ok(())
+    }
+
+    /// [`backward_elementwise`](Self::backward_elementwise) writing `dx` over `dy`: gives the same bits.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_elementwise_in_place(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: &GradSums<'_>,
+        mut grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy_dx", dy_dx, desc.len())?;
+        check_backward(desc, affine, saved, &grads)?;
+        check_sums(desc, sums)?;
+        let params = back_params(affine, saved, Some(sums));
+        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::InPlace(dy_dx), params, out });
+        Ok(())
+    }
+}
+
+fn check_backward(
+    desc: &TensorDesc,
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    g: &ParamGrads<'_>,
+) -> Result<(), Error> {
+    check_stats_in(desc, saved.mean, saved.var)?;
+    check_affine(desc, affine)?;
+    check_grads(desc, g)
 }
 
 /// [`Kernels::moments`] on the best available tier.
@@ -288,6 +546,71 @@ pub fn channel_affine_in_place(
     shift: &[f32],
 ) -> Result<(), Error> {
     Kernels::for_free_functions().channel_affine_in_place(desc, xy, scale, shift)
+}
+
+/// [`Kernels::backward`] on the best available tier.
+pub fn backward(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    grads: ParamGrads<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward(desc, x, dy, dx, affine, saved, grads)
+}
+
+/// [`Kernels::backward_in_place`] on the best available tier.
+pub fn backward_in_place(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy_dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    grads: ParamGrads<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_in_place(desc, x, dy_dx, affine, saved, grads)
+}
+
+/// [`Kernels::backward_reduce`] on the best available tier.
+pub fn backward_reduce(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    sum_dy: &mut [f32],
+    sum_dy_xmu: &mut [f32],
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu)
+}
+
+/// [`Kernels::backward_elementwise`] on the best available tier.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_elementwise(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    sums: &GradSums<'_>,
+    grads: ParamGrads<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_elementwise(desc, x, dy, dx, affine, saved, sums, grads)
+}
+
+/// [`Kernels::backward_elementwise_in_place`] on the best available tier.
+pub fn backward_elementwise_in_place(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy_dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    sums: &GradSums<'_>,
+    grads: ParamGrads<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_elementwise_in_place(desc, x, dy_dx, affine, saved, sums, grads)
 }
 
 /// How running statistics follow the batches: PyTorch's `BatchNorm` `momentum` argument.

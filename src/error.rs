@@ -64,6 +64,14 @@ pub enum Error {
     },
     /// A cumulative average of running statistics over 0 batches (they count from 1, this one included).
     NoBatches,
+    /// Gradient sums said to cover a batch that cannot contain the tensor: another channel count, or
+    /// fewer values per channel.
+    BatchMismatch {
+        /// The batch the sums were said to cover.
+        batch: crate::Shape,
+        /// The tensor's shape.
+        local: crate::Shape,
+    },
     /// A folded scale γ/√(var + ε) overflows f32, which a `(scale, shift)` pair cannot represent.
     ScaleOverflow {
         /// The first such channel.
@@ -104,6 +112,12 @@ impl fmt::Display for Error {
             Error::ScaleOverflow { channel } => write!(
                 f,
                 "the scale γ/√(var + ε) of channel {channel} overflows f32: it cannot be folded (inference handles it)"
+            ),
+            Error::BatchMismatch { batch, local } => write!(
+                f,
+                "gradient sums over a batch of n={}, c={}, spatial={} cannot cover a tensor of n={}, c={}, spatial={}: \
+                 the channels must match and the batch must hold at least as many values per channel",
+                batch.n, batch.c, batch.spatial, local.n, local.c, local.spatial
             ),
             Error::NoBatches => {
                 write!(f, "a cumulative average over 0 batches: count batches from 1, this one included")

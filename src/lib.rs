@@ -87,8 +87,10 @@ mod layout;
 mod tuning;
 
 pub use api::{
-    Affine, Momentum, channel_affine, channel_affine_in_place, fold_scale_shift, forward_inference,
-    forward_inference_in_place, forward_training, forward_training_in_place, moments, update_running_stats,
+    Affine, GradSums, Momentum, ParamGrads, Saved, StatsMode, backward, backward_elementwise,
+    backward_elementwise_in_place, backward_in_place, backward_reduce, channel_affine,
+    channel_affine_in_place, fold_scale_shift, forward_inference, forward_inference_in_place,
+    forward_training, forward_training_in_place, moments, update_running_stats,
 };
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;

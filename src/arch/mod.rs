@@ -185,6 +185,7 @@ macro_rules! tier_entries {
     ($module:ident, $token:ty $(, $features:literal)?) => {
         mod $module {
             #![allow(unused_unsafe)]
+            use crate::kernels::backward::{self, BackOut, BackParams, GradInPlace, GradSplit, ReduceOut};
             use crate::kernels::ops::{self, Call, Data, ParamSrc};
             use crate::kernels::{InPlace, Split, limit};
             use crate::layout::TensorDesc;
@@ -231,6 +232,46 @@ macro_rules! tier_entries {
 
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
+            fn backward_split(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                dy: &[f32],
+                dx: &mut [f32],
+                p: &BackParams<'_>,
+                out: &mut BackOut<'_>,
+            ) {
+                backward::backward_op(t, desc, &mut GradSplit { x, dy, dx }, p, out)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn backward_in_place(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                dydx: &mut [f32],
+                p: &BackParams<'_>,
+                out: &mut BackOut<'_>,
+            ) {
+                backward::backward_op(t, desc, &mut GradInPlace { x, dydx }, p, out)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn backward_reduce(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                dy: &[f32],
+                mean: &[f32],
+                out: &mut ReduceOut<'_>,
+            ) {
+                backward::reduce_op(t, desc, x, dy, mean, out)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
             fn read_pass(t: $token, x: &[f32]) -> f32 {
                 limit::read_pass(t, x)
             }
@@ -260,6 +301,15 @@ macro_rules! tier_entries {
                         }
                         Call::Normalize { desc, data: Data::InPlace(xy), params } => {
                             normalize_in_place(t, desc, xy, params)
+                        }
+                        Call::Backward { desc, x, data: Data::Split(dy, dx), params, mut out } => {
+                            backward_split(t, desc, x, dy, dx, &params, &mut out)
+                        }
+                        Call::Backward { desc, x, data: Data::InPlace(dydx), params, mut out } => {
+                            backward_in_place(t, desc, x, dydx, &params, &mut out)
+                        }
+                        Call::BackwardReduce { desc, x, dy, mean, mut out } => {
+                            backward_reduce(t, desc, x, dy, mean, &mut out)
                         }
                         Call::ReadPass { x, sum } => *sum = read_pass(t, x),
                         Call::ScalePass { x, y, stream } => scale_pass(t, x, y, stream),

@@ -64,6 +64,22 @@ pub(crate) enum Call<'a> {
         data: Data<'a>,
         params: ParamSrc<'a>,
     },
+    /// The backward pass (`data` is `(dy, dx)`, or `dy` overwritten by `dx`).
+    Backward {
+        desc: &'a TensorDesc,
+        x: &'a [f32],
+        data: Data<'a>,
+        params: super::backward::BackParams<'a>,
+        out: super::backward::BackOut<'a>,
+    },
+    /// The backward pass's reduce half.
+    BackwardReduce {
+        desc: &'a TensorDesc,
+        x: &'a [f32],
+        dy: &'a [f32],
+        mean: &'a [f32],
+        out: super::backward::ReduceOut<'a>,
+    },
     /// The streaming-limit reference passes (see `kernels::limit`).
     ReadPass {
         x: &'a [f32],
@@ -139,13 +155,13 @@ pub(crate) fn normalize_op<S: Simd, I: Io>(
 
 /// Channels-last rows wider than [`GROUP`]: run with [`WIDE_GROUP`]-sized scratch.
 #[inline(always)]
-fn wide(desc: &TensorDesc) -> bool {
+pub(super) fn wide(desc: &TensorDesc) -> bool {
     matches!(kind(desc), Kind::Channels) && row_len(desc) > GROUP
 }
 
 /// How the kernels see a tensor's memory.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     /// Rows of C contiguous channels (NHWC, and NCHW with spatial size 1).
     Channels,
     /// Contiguous planes of S values per (n, c) (NCHW with S > 1).
@@ -155,7 +171,7 @@ enum Kind {
 }
 
 #[inline(always)]
-fn kind(desc: &TensorDesc) -> Kind {
+pub(super) fn kind(desc: &TensorDesc) -> Kind {
     match desc.layout() {
         Layout::Nhwc => Kind::Channels,
         Layout::Nchw if desc.shape().spatial == 1 => Kind::Channels,
@@ -170,7 +186,7 @@ fn kind(desc: &TensorDesc) -> Kind {
 /// Consecutive channel ranges of at most `max` channels (at most `G`; whole blocks for blocked
 /// layouts).
 #[inline(always)]
-fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let c = desc.shape().c;
     let step = match kind(desc) {
         Kind::Blocked(b) => (max.min(G) / b).max(1) * b,
@@ -182,7 +198,7 @@ fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item =
 /// Channels per training chunk: about `chunk_bytes` of data, at least one vector's worth of channels
 /// in channels-last memory (narrower strided reads waste bandwidth).
 #[inline(always)]
-fn train_chunk<const G: usize>(desc: &TensorDesc, chunk_bytes: usize) -> usize {
+pub(super) fn train_chunk<const G: usize>(desc: &TensorDesc, chunk_bytes: usize) -> usize {
     let per_channel = desc.shape().count().saturating_mul(4).max(1);
     let fit = chunk_bytes / per_channel;
     match kind(desc) {
@@ -284,7 +300,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
 /// Values per row of a channels-kind tensor: C, or the padded channel count of a blocked tensor with
 /// spatial size 1.
 #[inline(always)]
-fn row_len(desc: &TensorDesc) -> usize {
+pub(super) fn row_len(desc: &TensorDesc) -> usize {
     match desc.layout() {
         Layout::Blocked { block } => desc.shape().c.div_ceil(block) * block,
         _ => desc.shape().c,
@@ -294,7 +310,7 @@ fn row_len(desc: &TensorDesc) -> usize {
 /// Values of channels `c0..c1` in each row of a channels-kind tensor: the range, and for the last range
 /// the padding after it.
 #[inline(always)]
-fn row_width(desc: &TensorDesc, c0: usize, c1: usize) -> usize {
+pub(super) fn row_width(desc: &TensorDesc, c0: usize, c1: usize) -> usize {
     if c1 == desc.shape().c { row_len(desc) - c0 } else { c1 - c0 }
 }
 

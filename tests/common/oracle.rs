@@ -93,3 +93,41 @@ impl Norm {
 pub fn affine(scale: f32, shift: f32, x: f32) -> f64 {
     x as f64 * scale as f64 + shift as f64
 }
+
+/// The backward pass in f64 from the f32 inputs, written from the definitions: `(dx, dγ, dβ)`, with
+/// `x̂ = (x − mean)/√(var + ε)` (0 where `var + ε = 0`), `dβ = Σdy`, `dγ = Σdy·x̂`, and
+/// `dx = γ·inv·(dy − dβ/M − x̂·dγ/M)` with batch statistics (`batch`), `dx = γ·inv·dy` with global ones.
+/// Padding lanes of `dx` are 0.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    shape: Shape,
+    layout: Layout,
+    x: &[f32],
+    dy: &[f32],
+    norm: &Norm,
+    batch: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0.0; len(shape, layout)];
+    let (mut dgamma, mut dbeta) = (Vec::new(), Vec::new());
+    let m = shape.n * shape.spatial;
+    for c in 0..shape.c {
+        let inv = norm.inv_std(c);
+        let xv = channel(shape, layout, x, c);
+        let dv = channel(shape, layout, dy, c);
+        let xhat: Vec<f64> = xv.iter().map(|&v| (v - norm.mean[c]) * inv).collect();
+        let db: f64 = dv.iter().sum();
+        let dg: f64 = dv.iter().zip(&xhat).map(|(d, h)| d * h).sum();
+        let mut k = 0;
+        for n in 0..shape.n {
+            for s in 0..shape.spatial {
+                let g = norm.gamma[c] * inv;
+                dx[offset(shape, layout, n, c, s)] =
+                    if batch { g * (dv[k] - db / m as f64 - xhat[k] * dg / m as f64) } else { g * dv[k] };
+                k += 1;
+            }
+        }
+        dgamma.push(dg);
+        dbeta.push(db);
+    }
+    (dx, dgamma, dbeta)
+}
