@@ -13,7 +13,9 @@
 //! measured beside the aligned one.
 //!
 //! GB/s follows `shared/peers/`: 2 × tensor bytes (x read once, y written once) per median call, one
-//! thread, preallocated outputs; `moments` counts the tensor once (it only reads). `--quick` times the
+//! thread, preallocated outputs; `moments` counts the tensor once (it only reads), the backward ops
+//! three times (x and dy read, dx written; `backward` with batch statistics, `backward-global` with
+//! global ones, both writing dγ and dβ). `--quick` times the
 //! detected tier only, with fewer repetitions (under 30 s).
 
 use bnorm::{__bench, Affine, Isa, Kernels, Shape, TensorDesc};
@@ -25,7 +27,8 @@ use std::time::Instant;
 mod common;
 use common::{LAYOUTS, SHAPES};
 
-const OPS: [&str; 6] = ["moments", "train", "infer", "affine", "train-inplace", "infer-inplace"];
+const OPS: [&str; 8] =
+    ["moments", "train", "infer", "affine", "train-inplace", "infer-inplace", "backward", "backward-global"];
 
 /// Median seconds of `reps` calls after one warm-up call.
 fn median(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -146,6 +149,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             *v = (i % c) as f32 + (state >> 40) as f32 / (1u64 << 24) as f32;
         }
         let x = &xbuf[xo..xo + max_len];
+        // The output gradient of the backward ops: the input reversed (another stream, same values).
+        let mut dybuf = vec![0.0f32; max_len + 32];
+        let dyo = dybuf.as_ptr().align_offset(64) + offset;
+        for (d, v) in dybuf[dyo..dyo + max_len].iter_mut().zip(x.iter().rev()) {
+            *d = *v - 0.5;
+        }
+        let dy = &dybuf[dyo..dyo + max_len];
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
         let mut ybuf = vec![0.0f32; max_len + 32];
         let yo = ybuf.as_ptr().align_offset(64) + offset;
         let y = &mut ybuf[yo..yo + max_len];
@@ -188,6 +199,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         "affine" => median(reps, || {
                             k.channel_affine(&desc, xs, &mut y[..len], &gamma, &beta).unwrap()
                         }),
+                        "backward" | "backward-global" => {
+                            let saved = if op == "backward" {
+                                bnorm::Saved::batch(&mean, &var)
+                            } else {
+                                bnorm::Saved::global(&mean, &var)
+                            };
+                            let dys = &dy[..len];
+                            median(reps, || {
+                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                k.backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g).unwrap()
+                            })
+                        }
                         "train-inplace" => {
                             y[..len].copy_from_slice(xs);
                             median(reps, || {
@@ -202,7 +225,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             })
                         }
                     };
-                    let (moved, lim_op) = if op == "moments" { (1.0, lim.read) } else { (2.0, rw) };
+                    // Backward reads x and dy and writes dx: three tensors against the read+write limit.
+                    let (moved, lim_op) = match op {
+                        "moments" => (1.0, lim.read),
+                        "backward" | "backward-global" => (3.0, rw),
+                        _ => (2.0, rw),
+                    };
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
                     let pct = if lim_op > 0.0 { 100.0 * gbps / lim_op } else { 0.0 };
                     println!("| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |", lname);

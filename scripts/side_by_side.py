@@ -13,8 +13,14 @@ non-temporal and ordinary-store passes), "floor" the two-pass floor of training 
 cannot stay in cache, 2 / (2 + rw/read) of it. `--isa avx2` times bnorm's AVX2 tier against oneDNN capped
 at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2).
 
-usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [SHAPE...]
-needs: shared/peers/setup.sh (oneDNN, stream_limit) and `cargo build --release --example roofline`.
+`--modes bwd,bwd_global` times the backward pass (with batch and with global statistics, both writing
+dγ and dβ) against oneDNN's `prop_kind::backward`, through scripts/onednn3_bn.cpp (built by
+scripts/peer_setup.sh as onednn3_bn_ext); its GB/s count 3 x tensor bytes (x and dy read, dx written)
+and its floor is 3 / (2/read + 3/limit), two passes over x and dy.
+
+usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [--modes train,infer,bwd,bwd_global] [SHAPE...]
+needs: shared/peers/setup.sh (oneDNN, stream_limit), scripts/peer_setup.sh (for bwd) and
+`cargo build --release --example roofline`.
 """
 import json
 import os
@@ -30,6 +36,8 @@ PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/bnorm-peers"))
 ROOFLINE = os.path.join(ROOT, "target", "release", "examples", "roofline")
 LAYOUTS = ["nchw", "nhwc", "nChw4c", "nChw8c", "nChw16c"]  # oneDNN has no nChw4c
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+# side_by_side mode -> the roofline example's op.
+OPS = {"train": "train", "infer": "infer", "bwd": "backward", "bwd_global": "backward-global"}
 
 
 def reps(n, c, h, w):
@@ -52,28 +60,31 @@ def limit(elems, r):
 
 def onednn(fmt, mode, n, c, h, w, r, isa):
     env = dict(ENV, ONEDNN_MAX_CPU_ISA="AVX2") if isa == "avx2" else ENV
-    cmd = [os.path.join(PEERS, "onednn3_bn"), fmt, mode, str(n), str(c), str(h), str(w), str(r)]
+    exe = "onednn3_bn" if mode in ("train", "infer") else "onednn3_bn_ext"
+    cmd = [os.path.join(PEERS, exe), fmt, mode, str(n), str(c), str(h), str(w), str(r)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out)["gbps"]
 
 
 def bnorm(name, fmt, mode, isa, offset=0):
     out = run([ROOFLINE, "--isa", isa, "--skip-limit", "--offset", str(offset),
-               "--filter", f"{name}/{fmt}/{mode}/"])
+               "--filter", f"{name}/{fmt}/{OPS[mode]}/"])
     for line in out.splitlines():
         c = [x.strip() for x in line.split("|")]
-        if len(c) > 6 and c[1:4] == [name, fmt, mode]:
+        if len(c) > 6 and c[1:4] == [name, fmt, OPS[mode]]:
             return float(c[5])
     raise RuntimeError(f"no roofline row for {name}/{fmt}/{mode}:\n{out}")
 
 
 def main():
     args = sys.argv[1:]
-    rounds, isa, only = 2, "avx512", []
+    rounds, isa, only, modes = 2, "avx512", [], ["train", "infer"]
     while args:
         a = args.pop(0)
         if a == "--rounds":
             rounds = int(args.pop(0))
+        elif a == "--modes":
+            modes = args.pop(0).split(",")
         elif a == "--isa":
             isa = args.pop(0)
         else:
@@ -91,7 +102,7 @@ def main():
     print("|---|---|---|---|" + "---|" * len(LAYOUTS))
     for name, (n, c, h, w) in shapes:
         r = reps(n, c, h, w)
-        for mode in ("train", "infer"):
+        for mode in modes:
             lim, rd, cells = [], [], []
             for fmt in LAYOUTS:
                 ours, vec, theirs = [], [], []
@@ -111,7 +122,7 @@ def main():
                     cells.append(f"**{o:.1f}** ({v:.1f}) / –")
             dims = f"{n}×{c}×{h}×{w}"
             lm, rm = statistics.median(lim), statistics.median(rd)
-            floor = 2 * lm / (2 + lm / rm)
+            floor = 3 / (2 / rm + 3 / lm) if mode.startswith("bwd") else 2 * lm / (2 + lm / rm)
             print(f"| {name} {dims} | {mode} | {lm:.1f} | {floor:.1f} | " + " | ".join(cells) + " |",
                   flush=True)
 

@@ -36,7 +36,8 @@ const CHAIN: usize = 16;
 pub(crate) trait GradIo {
     fn x(&self) -> &[f32];
     fn dy(&self) -> &[f32];
-    fn dx(&mut self) -> &mut [f32];
+    /// `(x, dy, dx)`; in place `dy` is empty and is read from `dx` (see [`load_dy`]).
+    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]);
     /// Whether `dx` is its own buffer (then large outputs stream past the caches).
     const SPLIT: bool;
 }
@@ -65,8 +66,8 @@ impl GradIo for GradSplit<'_> {
         self.dy
     }
     #[inline(always)]
-    fn dx(&mut self) -> &mut [f32] {
-        self.dx
+    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]) {
+        (self.x, self.dy, self.dx)
     }
 }
 
@@ -81,8 +82,8 @@ impl GradIo for GradInPlace<'_> {
         self.dydx
     }
     #[inline(always)]
-    fn dx(&mut self) -> &mut [f32] {
-        self.dydx
+    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]) {
+        (self.x, &[], self.dydx)
     }
 }
 
@@ -142,23 +143,30 @@ impl<const G: usize> Totals<G> {
 struct Mid<const G: usize> {
     v: [[f32; G]; 3],
     blocks: usize,
+    /// The current block's sums, for rows walked in address order ([`reduce_rows`]).
+    blk: [[f32; G]; 3],
 }
 
 impl<const G: usize> Mid<G> {
     const fn new() -> Self {
-        Mid { v: [[0.0; G]; 3], blocks: 0 }
+        Mid { v: [[0.0; G]; 3], blocks: 0, blk: [[0.0; G]; 3] }
     }
 
     /// Adds positions `0..w` into the totals: position `i` is total `base + i % period` when that is
     /// below `limit` (padding positions are dropped); then empties them.
     fn flush(&mut self, w: usize, t: &mut Totals<G>, period: usize, base: usize, limit: usize) {
-        for i in 0..w {
-            let j = base + i % period;
-            if j < limit {
-                t.dy[j] += self.v[0][i] as Weight;
-                t.dyx[j] += self.v[1][i] as Weight;
-                t.x[j] += self.v[2][i] as Weight;
+        // Whole periods, then the rest (no division per position).
+        let mut i0 = 0;
+        while i0 < w {
+            for p in 0..period.min(w - i0) {
+                let (i, j) = (i0 + p, base + p);
+                if j < limit {
+                    t.dy[j] += self.v[0][i] as Weight;
+                    t.dyx[j] += self.v[1][i] as Weight;
+                    t.x[j] += self.v[2][i] as Weight;
+                }
             }
+            i0 += period;
         }
         for v in &mut self.v {
             v[..w].fill(0.0);
@@ -436,6 +444,77 @@ fn reduce_plane<S: Simd>(s: S, x: &[f32], dy: &[f32], m: f32) -> (Weight, Weight
     (t0, t1, t2)
 }
 
+/// The sums of a strip walked row by row in address order, each row's sums added into the current
+/// block's in L1 (`mid.blk`); blocks of [`CHAIN`] rows go into the mid sums, and those into `t` every
+/// [`CHAIN`] blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn reduce_rows<S: Simd, const G: usize>(
+    s: S,
+    x: &[f32],
+    dy: &[f32],
+    strip: &Strip,
+    m: &[f32],
+    mid: &mut Mid<G>,
+    t: &mut Totals<G>,
+    (period, base, limit): (usize, usize, usize),
+) {
+    let l = S::LANES;
+    let w = strip.width;
+    let zero = s.splat(0.0);
+    let full = w / l * l;
+    let mut r = 0;
+    while r < strip.rows {
+        let end = (r + CHAIN).min(strip.rows);
+        if mid.blocks == CHAIN {
+            mid.flush(w, t, period, base, limit);
+        }
+        for q in &mut mid.blk {
+            q[..w].fill(0.0);
+        }
+        let [b0, b1, b2] = &mut mid.blk;
+        while r < end {
+            let at = strip.start + r * strip.stride;
+            let (xr, dyr) = (&x[at..at + w], &dy[at..at + w]);
+            let mut j = 0;
+            while j < full {
+                let mv = s.load(&m[j..]);
+                let d = s.load(&dyr[j..]);
+                let xm = s.sub(s.load(&xr[j..]), mv);
+                let v0 = s.add(s.load(&b0[j..]), d);
+                let v1 = s.mul_add(d, xm, s.load(&b1[j..]));
+                let v2 = s.add(s.load(&b2[j..]), xm);
+                s.store(&mut b0[j..], v0);
+                s.store(&mut b1[j..], v1);
+                s.store(&mut b2[j..], v2);
+                j += l;
+            }
+            if j < w {
+                // The blocks are G long, G a multiple of LANES: full vectors there are in bounds.
+                let mv = s.load_part(&m[j..w], zero);
+                let d = s.load_part(&dyr[j..], zero);
+                let xm = s.sub(s.load_part(&xr[j..], mv), mv);
+                let v0 = s.add(s.load(&b0[j..]), d);
+                let v1 = s.mul_add(d, xm, s.load(&b1[j..]));
+                let v2 = s.add(s.load(&b2[j..]), xm);
+                s.store(&mut b0[j..], v0);
+                s.store(&mut b1[j..], v1);
+                s.store(&mut b2[j..], v2);
+            }
+            r += 1;
+        }
+        let mut j = 0;
+        while j < w {
+            for q in 0..3 {
+                let v = s.add(s.load(&mid.v[q][j..]), s.load(&mid.blk[q][j..]));
+                s.store(&mut mid.v[q][j..], v);
+            }
+            j += l;
+        }
+        mid.blocks += 1;
+    }
+}
+
 /// The sum of four vectors' lanes in a fixed tree. (A function, not a closure: closures are compiled
 /// without the tier's target features.)
 #[inline(always)]
@@ -459,6 +538,12 @@ fn reduce_strip<S: Simd, const G: usize>(
 ) {
     let l = S::LANES;
     let w = strip.width;
+    if w > 4 * l {
+        // Rows wider than a register tile: walked in address order with the sums in L1 (a tile walk
+        // would read each row in several strided passes: NHWC 32×256×56×56 reduced at 10 GB/s so).
+        reduce_rows(s, x, dy, strip, m, mid, t, map);
+        return;
+    }
     // Pieces of rows whose x and dy fit in a quarter of L2, so the tile columns re-read them from it.
     let budget = tuning::get().l2_bytes / 4 / (8 * w).max(1);
     let piece = (budget / CHAIN * CHAIN).clamp(CHAIN, CHAIN * CHAIN);
@@ -472,12 +557,20 @@ fn reduce_strip<S: Simd, const G: usize>(
         }
         let start = strip.start + r0 * strip.stride;
         let mut col = 0;
-        while col + super::TILE * l <= w {
-            reduce_tile::<S, { super::TILE }, G>(s, x, dy, start, rows, strip.stride, col, l, m, mid);
-            col += super::TILE * l;
+        // Tiles of four vectors (three sums each: 12 accumulators) with 32 registers, of two with 16;
+        // a lone vector deals its rows to four accumulator sets, to hide the additions' latency.
+        if S::REGS >= 32 {
+            while col + 4 * l <= w {
+                reduce_tile::<S, 4, 1, G>(s, x, dy, start, rows, strip.stride, col, l, m, mid);
+                col += 4 * l;
+            }
+        }
+        while col + 2 * l <= w {
+            reduce_tile::<S, 2, 1, G>(s, x, dy, start, rows, strip.stride, col, l, m, mid);
+            col += 2 * l;
         }
         while col < w {
-            reduce_tile::<S, 1, G>(s, x, dy, start, rows, strip.stride, col, (w - col).min(l), m, mid);
+            reduce_tile::<S, 1, 4, G>(s, x, dy, start, rows, strip.stride, col, (w - col).min(l), m, mid);
             col += l;
         }
         mid.blocks += blocks;
@@ -485,11 +578,12 @@ fn reduce_strip<S: Simd, const G: usize>(
     }
 }
 
-/// `T` vectors of columns from `col` (the last with `last` lanes) over `rows` rows: register chains of
-/// [`CHAIN`] rows, each block added into the mid sums.
+/// `T` vectors of columns from `col` (the last with `last` lanes) over `rows` rows, rows dealt in turn
+/// to `U` accumulator sets: register chains of at most [`CHAIN`] rows each, whose sums (the `U` sets
+/// added in a fixed tree) are added into the mid sums.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_tile<S: Simd, const T: usize, const G: usize>(
+fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
     s: S,
     x: &[f32],
     dy: &[f32],
@@ -503,6 +597,7 @@ fn reduce_tile<S: Simd, const T: usize, const G: usize>(
 ) {
     let l = S::LANES;
     let zero = s.splat(0.0);
+    let width = (T - 1) * l + last;
     let mut mv = [zero; T];
     for (j, v) in mv.iter_mut().enumerate() {
         let c = col + j * l;
@@ -510,32 +605,64 @@ fn reduce_tile<S: Simd, const T: usize, const G: usize>(
     }
     let mut r = 0;
     while r < rows {
-        let end = (r + CHAIN).min(rows);
-        let mut a = [[zero; T]; 3];
+        let end = (r + CHAIN * U).min(rows);
+        let mut a = [[[zero; T]; U]; 3];
+        while r + U <= end {
+            for u in 0..U {
+                let at = start + (r + u) * stride + col;
+                add_row::<S, T, U>(s, &x[at..at + width], &dy[at..at + width], last, &mv, &mut a, u);
+            }
+            r += U;
+        }
         while r < end {
             let at = start + r * stride + col;
-            for j in 0..T {
-                let i = at + j * l;
-                let (xv, d) = if j + 1 < T || last == l {
-                    (s.load(&x[i..]), s.load(&dy[i..]))
-                } else {
-                    (s.load_part(&x[i..i + last], mv[j]), s.load_part(&dy[i..i + last], zero))
-                };
-                let xm = s.sub(xv, mv[j]);
-                a[0][j] = s.add(a[0][j], d);
-                a[1][j] = s.mul_add(d, xm, a[1][j]);
-                a[2][j] = s.add(a[2][j], xm);
-            }
+            add_row::<S, T, U>(s, &x[at..at + width], &dy[at..at + width], last, &mv, &mut a, 0);
             r += 1;
         }
         for (q, acc) in a.iter().enumerate() {
-            for (j, v) in acc.iter().enumerate() {
+            for j in 0..T {
+                let mut v = acc[0][j];
+                if U == 4 {
+                    v = s.add(s.add(acc[0][j], acc[1][j]), s.add(acc[2][j], acc[3][j]));
+                } else {
+                    for set in &acc[1..] {
+                        v = s.add(v, set[j]);
+                    }
+                }
                 // `mid` rows are G long, G a multiple of LANES and the strip at most G wide: in bounds.
                 let c = col + j * l;
-                let sum = s.add(s.load(&mid.v[q][c..]), *v);
+                let sum = s.add(s.load(&mid.v[q][c..]), v);
                 s.store(&mut mid.v[q][c..], sum);
             }
         }
+    }
+}
+
+/// One row's `T` vectors (`xr`, `dyr`: the tile's values, the last vector `last` lanes) into
+/// accumulator set `u`.
+#[inline(always)]
+fn add_row<S: Simd, const T: usize, const U: usize>(
+    s: S,
+    xr: &[f32],
+    dyr: &[f32],
+    last: usize,
+    mv: &[S::V; T],
+    a: &mut [[[S::V; T]; U]; 3],
+    u: usize,
+) {
+    let l = S::LANES;
+    let zero = s.splat(0.0);
+    for j in 0..T {
+        let i = j * l;
+        let (xv, d) = if j + 1 < T || last == l {
+            (s.load(&xr[i..]), s.load(&dyr[i..]))
+        } else {
+            (s.load_part(&xr[i..i + last], mv[j]), s.load_part(&dyr[i..i + last], zero))
+        };
+        let xm = s.sub(xv, mv[j]);
+        a[0][u][j] = s.add(a[0][u][j], d);
+        a[1][u][j] = s.mul_add(d, xm, a[1][u][j]);
+        a[2][u][j] = s.add(a[2][u][j], xm);
     }
 }
 
@@ -554,17 +681,37 @@ fn elem_range<S: Simd, IO: GradIo, const G: usize>(
     co: &mut Coefs<G>,
     stream: bool,
 ) {
+    match (IO::SPLIT, train) {
+        (true, true) => elem_layout::<S, IO, false, true, G>(s, desc, io, c0, c1, coef, co, stream),
+        (true, false) => elem_layout::<S, IO, false, false, G>(s, desc, io, c0, c1, coef, co, stream),
+        (false, true) => elem_layout::<S, IO, true, true, G>(s, desc, io, c0, c1, coef, co, false),
+        (false, false) => elem_layout::<S, IO, true, false, G>(s, desc, io, c0, c1, coef, co, false),
+    }
+}
+
+/// [`elem_range`] for in place (`IP`) or not, training (`TRAIN`) or global statistics.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: usize>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut IO,
+    c0: usize,
+    c1: usize,
+    coef: &[Coef],
+    co: &mut Coefs<G>,
+    stream: bool,
+) {
     let sh = desc.shape();
+    let (x, dy, dx) = io.parts();
+    let d = Bufs { x, dy, dx };
+    let mut d = d;
     match kind(desc) {
         Kind::Planes => {
             for c in c0..c1 {
                 for n in 0..sh.n {
                     let at = (n * sh.c + c) * sh.spatial;
-                    if train {
-                        elem_plane::<S, IO, true>(s, io, at, sh.spatial, coef[c - c0], stream);
-                    } else {
-                        elem_plane::<S, IO, false>(s, io, at, sh.spatial, coef[c - c0], stream);
-                    }
+                    elem_plane::<S, IP, TRAIN>(s, &mut d, at, sh.spatial, coef[c - c0], stream);
                 }
             }
         }
@@ -572,8 +719,7 @@ fn elem_range<S: Simd, IO: GradIo, const G: usize>(
             let w = row_width(desc, c0, c1);
             fill_pattern(co, coef, w, w);
             let strip = Strip { start: c0, rows: sh.n * sh.spatial, stride: row_len(desc), width: w };
-            let masked = w > c1 - c0;
-            elem_strip_any(s, io, &strip, co, train, masked, stream);
+            elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, w > c1 - c0, stream);
         }
         Kind::Blocked(b) => {
             let blocks = sh.c.div_ceil(b);
@@ -583,19 +729,39 @@ fn elem_range<S: Simd, IO: GradIo, const G: usize>(
                 let first = cb * b - c0;
                 let live = (c1 - c0 - first).min(b);
                 fill_pattern(co, &coef[first..first + live], p, b);
-                let masked = live < b;
                 for n in 0..sh.n {
                     let start = (n * blocks + cb) * len;
+                    // A channel block's plane is contiguous: one strip of `p`-wide rows, then the rest.
                     let strip = Strip { start, rows: len / p, stride: p, width: p };
-                    elem_strip_any(s, io, &strip, co, train, masked, stream);
+                    elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, live < b, stream);
                     if !len.is_multiple_of(p) {
                         let rest = Strip { start: start + len / p * p, rows: 1, stride: p, width: len % p };
-                        elem_strip_any(s, io, &rest, co, train, masked, stream);
+                        elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &rest, co, live < b, stream);
                     }
                 }
             }
         }
     }
+}
+
+/// The element pass's buffers: `dy` is empty in place (read from `dx`).
+struct Bufs<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    dx: &'a mut [f32],
+}
+
+/// `LANES` values of `dy` at `i` (from `dx` in place).
+#[inline(always)]
+fn load_dy<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize) -> S::V {
+    if IP { s.load(&dx[i..]) } else { s.load(&dy[i..]) }
+}
+
+/// `n < LANES` values of `dy` at `i`, other lanes 0.
+#[inline(always)]
+fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize, n: usize) -> S::V {
+    let z = s.splat(0.0);
+    if IP { s.load_part(&dx[i..i + n], z) } else { s.load_part(&dy[i..i + n], z) }
 }
 
 /// Position `i < w` of the patterns gets channel `i % period`'s coefficients (`coef[i % period]`, or
@@ -612,21 +778,27 @@ fn fill_pattern<const G: usize>(co: &mut Coefs<G>, coef: &[Coef], w: usize, peri
     }
 }
 
+/// The element pass over a strip: rows of one, two or four full vectors keep their coefficients in
+/// registers; other widths load them per row (from L1).
 #[inline(always)]
-fn elem_strip_any<S: Simd, IO: GradIo, const G: usize>(
+fn elem_strip_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
     s: S,
-    io: &mut IO,
+    d: &mut Bufs<'_>,
     strip: &Strip,
     co: &Coefs<G>,
-    train: bool,
     masked: bool,
     stream: bool,
 ) {
-    match (train, masked) {
-        (true, false) => elem_strip::<S, IO, true, false, G>(s, io, strip, co, stream),
-        (true, true) => elem_strip::<S, IO, true, true, G>(s, io, strip, co, stream),
-        (false, false) => elem_strip::<S, IO, false, false, G>(s, io, strip, co, stream),
-        (false, true) => elem_strip::<S, IO, false, true, G>(s, io, strip, co, stream),
+    let l = S::LANES;
+    match (strip.width, masked) {
+        (w, false) if w == l => elem_rows_reg::<S, IP, TRAIN, false, 1, G>(s, d, strip, co, stream),
+        (w, true) if w == l => elem_rows_reg::<S, IP, TRAIN, true, 1, G>(s, d, strip, co, stream),
+        (w, false) if w == 2 * l => elem_rows_reg::<S, IP, TRAIN, false, 2, G>(s, d, strip, co, stream),
+        (w, true) if w == 2 * l => elem_rows_reg::<S, IP, TRAIN, true, 2, G>(s, d, strip, co, stream),
+        (w, false) if w == 4 * l => elem_rows_reg::<S, IP, TRAIN, false, 4, G>(s, d, strip, co, stream),
+        (w, true) if w == 4 * l => elem_rows_reg::<S, IP, TRAIN, true, 4, G>(s, d, strip, co, stream),
+        (_, false) => elem_strip::<S, IP, TRAIN, false, G>(s, d, strip, co, stream),
+        (_, true) => elem_strip::<S, IP, TRAIN, true, G>(s, d, strip, co, stream),
     }
 }
 
@@ -636,18 +808,87 @@ fn grad<S: Simd, const TRAIN: bool>(s: S, x: S::V, dy: S::V, c: [S::V; 4]) -> S:
     if TRAIN { s.mul_add(c[1], s.sub(x, c[2]), s.mul(c[0], s.sub(dy, c[3]))) } else { s.mul(c[0], dy) }
 }
 
-/// The element pass over a strip, coefficients from the patterns (loaded per row: L1 reads).
+/// One full vector of `dx` at `i` with coefficients `c` (and lane mask `mask` with `MASK`).
 #[inline(always)]
-fn elem_strip<S: Simd, IO: GradIo, const TRAIN: bool, const MASK: bool, const G: usize>(
+fn elem_vec<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
     s: S,
-    io: &mut IO,
+    (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+    i: usize,
+    c: [S::V; 4],
+    mask: S::V,
+    stream: bool,
+) {
+    let dyv = load_dy::<S, IP>(s, dy, dx, i);
+    let xv = if TRAIN { s.load(&x[i..]) } else { dyv };
+    let mut v = grad::<S, TRAIN>(s, xv, dyv, c);
+    if MASK {
+        v = s.and(v, mask);
+    }
+    if stream { s.stream(&mut dx[i..], v) } else { s.store(&mut dx[i..], v) }
+}
+
+/// `n < LANES` values of `dx` at `i`.
+#[inline(always)]
+fn elem_part<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
+    s: S,
+    (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+    i: usize,
+    n: usize,
+    c: [S::V; 4],
+    mask: S::V,
+) {
+    let dyv = load_dy_part::<S, IP>(s, dy, dx, i, n);
+    let xv = if TRAIN { s.load_part(&x[i..i + n], s.splat(0.0)) } else { dyv };
+    let mut v = grad::<S, TRAIN>(s, xv, dyv, c);
+    if MASK {
+        v = s.and(v, mask);
+    }
+    s.store_part(&mut dx[i..i + n], v);
+}
+
+/// Rows of exactly `V` full vectors, coefficients held in registers.
+#[inline(always)]
+fn elem_rows_reg<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
+    s: S,
+    d: &mut Bufs<'_>,
+    strip: &Strip,
+    co: &Coefs<G>,
+    stream: bool,
+) {
+    let l = S::LANES;
+    let mut c = [[s.splat(0.0); 4]; V];
+    let mut mask = [s.splat(0.0); V];
+    for v in 0..V {
+        let j = v * l;
+        c[v] = [s.load(&co.a[j..]), s.load(&co.k[j..]), s.load(&co.m[j..]), s.load(&co.mdy[j..])];
+        mask[v] = s.load(&co.mask[j..]);
+    }
+    let (x, dy, dx) = (d.x, d.dy, &mut *d.dx);
+    let w = V * l;
+    for r in 0..strip.rows {
+        let at = strip.start + r * strip.stride;
+        // One row's slices (one bounds check each per row; `dy` is empty in place).
+        let xr = if TRAIN { &x[at..at + w] } else { x };
+        let dyr = if IP { dy } else { &dy[at..at + w] };
+        let dxr = &mut dx[at..at + w];
+        for v in 0..V {
+            elem_vec::<S, IP, TRAIN, MASK>(s, (xr, dyr, dxr), v * l, c[v], mask[v], stream);
+        }
+    }
+}
+
+/// The element pass over a strip of any width, coefficients from the patterns (loaded per row: L1).
+#[inline(always)]
+fn elem_strip<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const G: usize>(
+    s: S,
+    d: &mut Bufs<'_>,
     strip: &Strip,
     co: &Coefs<G>,
     stream: bool,
 ) {
     let l = S::LANES;
     let w = strip.width;
-    let zero = s.splat(0.0);
+    let (x, dy, dx) = (d.x, d.dy, &mut *d.dx);
     for r in 0..strip.rows {
         let at = strip.start + r * strip.stride;
         let mut j = 0;
@@ -655,27 +896,11 @@ fn elem_strip<S: Simd, IO: GradIo, const TRAIN: bool, const MASK: bool, const G:
             let n = (w - j).min(l);
             // Pattern arrays are G long, G a multiple of LANES and w ≤ G: full loads are in bounds.
             let c = [s.load(&co.a[j..]), s.load(&co.k[j..]), s.load(&co.m[j..]), s.load(&co.mdy[j..])];
-            let i = at + j;
+            let mask = if MASK { s.load(&co.mask[j..]) } else { c[0] };
             if n == l {
-                let d = s.load(&io.dy()[i..]);
-                let xv = if TRAIN { s.load(&io.x()[i..]) } else { zero };
-                let mut v = grad::<S, TRAIN>(s, xv, d, c);
-                if MASK {
-                    v = s.and(v, s.load(&co.mask[j..]));
-                }
-                if stream {
-                    s.stream(&mut io.dx()[i..], v);
-                } else {
-                    s.store(&mut io.dx()[i..], v);
-                }
+                elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), at + j, c, mask, stream);
             } else {
-                let d = s.load_part(&io.dy()[i..i + n], zero);
-                let xv = if TRAIN { s.load_part(&io.x()[i..i + n], zero) } else { zero };
-                let mut v = grad::<S, TRAIN>(s, xv, d, c);
-                if MASK {
-                    v = s.and(v, s.load(&co.mask[j..]));
-                }
-                s.store_part(&mut io.dx()[i..i + n], v);
+                elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), at + j, n, c, mask);
             }
             j += n;
         }
@@ -686,9 +911,9 @@ fn elem_strip<S: Simd, IO: GradIo, const TRAIN: bool, const MASK: bool, const G:
 /// `stream`, the first values up to a vector-aligned output address are done alone, so that the rest
 /// streams.
 #[inline(always)]
-fn elem_plane<S: Simd, IO: GradIo, const TRAIN: bool>(
+fn elem_plane<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
-    io: &mut IO,
+    d: &mut Bufs<'_>,
     at: usize,
     n: usize,
     c: Coef,
@@ -696,50 +921,31 @@ fn elem_plane<S: Simd, IO: GradIo, const TRAIN: bool>(
 ) {
     let l = S::LANES;
     let cv = [s.splat(c[0]), s.splat(c[1]), s.splat(c[2]), s.splat(c[3])];
-    let zero = s.splat(0.0);
+    // The plane's slices (`dy` is empty in place).
+    let x = if TRAIN { &d.x[at..at + n] } else { d.x };
+    let dy = if IP { d.dy } else { &d.dy[at..at + n] };
+    let dx = &mut d.dx[at..at + n];
     let mut i = 0;
     if stream {
-        let phase = (io.dx().as_ptr() as usize / 4 + at) % l;
+        let phase = (dx.as_ptr() as usize / 4) % l;
         let head = ((l - phase) % l).min(n);
         if head > 0 {
-            part::<S, IO, TRAIN>(s, io, at, head, cv);
+            elem_part::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), 0, head, cv, cv[0]);
             i = head;
         }
     }
     while i + 2 * l <= n {
-        let p = at + i;
-        for u in 0..2 {
-            let q = p + u * l;
-            let d = s.load(&io.dy()[q..]);
-            let xv = if TRAIN { s.load(&io.x()[q..]) } else { zero };
-            let v = grad::<S, TRAIN>(s, xv, d, cv);
-            if stream {
-                s.stream(&mut io.dx()[q..], v);
-            } else {
-                s.store(&mut io.dx()[q..], v);
-            }
-        }
+        elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, cv, cv[0], stream);
+        elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i + l, cv, cv[0], stream);
         i += 2 * l;
     }
     while i < n {
         let k = (n - i).min(l);
         if k == l {
-            let q = at + i;
-            let d = s.load(&io.dy()[q..]);
-            let xv = if TRAIN { s.load(&io.x()[q..]) } else { zero };
-            s.store(&mut io.dx()[q..], grad::<S, TRAIN>(s, xv, d, cv));
+            elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, cv, cv[0], stream);
         } else {
-            part::<S, IO, TRAIN>(s, io, at + i, k, cv);
+            elem_part::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, k, cv, cv[0]);
         }
         i += k;
     }
-}
-
-/// `k < LANES` values at `at` of a plane.
-#[inline(always)]
-fn part<S: Simd, IO: GradIo, const TRAIN: bool>(s: S, io: &mut IO, at: usize, k: usize, cv: [S::V; 4]) {
-    let zero = s.splat(0.0);
-    let d = s.load_part(&io.dy()[at..at + k], zero);
-    let xv = if TRAIN { s.load_part(&io.x()[at..at + k], zero) } else { zero };
-    s.store_part(&mut io.dx()[at..at + k], grad::<S, TRAIN>(s, xv, d, cv));
 }
