@@ -9,18 +9,17 @@
 mod common;
 
 use bnorm::{Affine, Error, GradSums, Isa, Kernels, Layout, ParamGrads, Saved, Shape, StatsMode, TensorDesc};
-use common::oracle::{self, Norm};
+use common::oracle;
 use common::*;
 use proptest::prelude::*;
-
-/// Additions' worth of rounding in a gradient sum (chains of 16, 16 blocks, then f64), with margin.
-const SUM_REL: f64 = 64.0;
 
 /// Sizes around every tier's vector, tile and block widths.
 fn dim(max: usize) -> impl Strategy<Value = usize> {
     prop_oneof![
         1..=max,
-        prop::sample::select(vec![1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 49, 63, 64, 65, 128, 129]),
+        prop::sample::select(vec![
+            1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 49, 63, 64, 65, 128, 129
+        ]),
     ]
 }
 
@@ -62,23 +61,6 @@ fn config() -> ProptestConfig {
     if cfg!(miri) { ProptestConfig::with_cases(3) } else { ProptestConfig::default() }
 }
 
-/// Output gradients: per channel a scale 10^[-1, 1] and, for half the channels, a mean of up to 3 of
-/// those. Padding lanes hold NaN.
-fn gen_dy(seed: u64, shape: Shape, layout: Layout) -> Vec<f32> {
-    let mut r = Rng(seed);
-    let mut dy = vec![f32::NAN; oracle::len(shape, layout)];
-    for c in 0..shape.c {
-        let scale = 10f64.powf(r.range(-1.0, 1.0));
-        let mean = if r.below(2) == 0 { scale * r.range(-3.0, 3.0) } else { 0.0 };
-        for n in 0..shape.n {
-            for s in 0..shape.spatial {
-                dy[oracle::offset(shape, layout, n, c, s)] = (mean + scale * r.range(-1.0, 1.0)) as f32;
-            }
-        }
-    }
-    dy
-}
-
 fn desc(case: &Case) -> TensorDesc {
     TensorDesc::new(case.shape, case.layout).unwrap()
 }
@@ -107,90 +89,6 @@ fn saved_stats(k: &Kernels, case: &Case, mode: StatsMode) -> (Vec<f32>, Vec<f32>
     }
 }
 
-/// The kernel's results: `dx`, `dγ`, `dβ`.
-struct Grads {
-    dx: Vec<f32>,
-    dgamma: Vec<f32>,
-    dbeta: Vec<f32>,
-}
-
-/// Checks kernel gradients against the oracle. `halves`: from the reduce and element halves, whose
-/// `Σdy·(x − mean)` is not corrected for the rounding of the saved mean (one more term).
-#[allow(clippy::too_many_arguments)]
-fn check(
-    case: &Case,
-    dy: &[f32],
-    mode: StatsMode,
-    mean: &[f32],
-    var: &[f32],
-    got: &Grads,
-    grads: bool,
-    halves: bool,
-) -> Result<(), String> {
-    let sh = case.shape;
-    let batch = mode == StatsMode::Batch;
-    let norm: Norm = if batch {
-        training_norm(case)
-    } else {
-        norm_with(case, mean.iter().map(|&v| v as f64).collect(), var.iter().map(|&v| v as f64).collect())
-    };
-    let (dx, dg, db) = oracle::backward(sh, case.layout, &case.x, dy, &norm, batch);
-    let m = (sh.n * sh.spatial) as f64;
-    for c in 0..sh.c {
-        let inv = norm.inv_std(c);
-        let g = norm.gamma[c].abs();
-        let mu = norm.mean[c];
-        // How far the saved mean may be from the true one (the statistics' bound; 0 when given).
-        let tol_m = if batch { 2.0 * U * mu.abs() + MEAN_SIGMA * U * norm.var[c].sqrt() } else { 0.0 };
-        // Relative error of the kernel's 1/√(var + ε) (from its f32 variance in batch mode).
-        let e = if batch { (VAR_REL / 2.0 + 4.0) * U } else { 4.0 * U };
-        let dys = oracle::channel(sh, case.layout, dy, c);
-        let xs = oracle::channel(sh, case.layout, &case.x, c);
-        let a_sum: f64 = dys.iter().map(|d| d.abs()).sum();
-        // Σ(|dy| + |mean dy|)·(|x̂| + δμ·inv): what the covariance's roundings are relative to.
-        let sx: f64 =
-            dys.iter().zip(&xs).map(|(d, x)| (d.abs() + a_sum / m) * ((x - mu).abs() + tol_m) * inv).sum();
-        let tol_g = e * dg[c].abs() + SUM_REL * U * sx;
-        let tol_b = SUM_REL * U * a_sum;
-        if grads {
-            let (kg, kb) = (got.dgamma[c] as f64, got.dbeta[c] as f64);
-            let tol_gh = tol_g + if halves { 2.0 * inv * (a_sum / m) * m * tol_m } else { 0.0 };
-            if !((kg - dg[c]).abs() <= tol_gh) {
-                return Err(format!("channel {c}: dgamma {kg} vs {} (tol {tol_gh:e})", dg[c]));
-            }
-            if !((kb - db[c]).abs() <= tol_b) {
-                return Err(format!("channel {c}: dbeta {kb} vs {} (tol {tol_b:e})", db[c]));
-            }
-        }
-        for n in 0..sh.n {
-            for s in 0..sh.spatial {
-                let i = oracle::offset(sh, case.layout, n, c, s);
-                let (d, x) = (dy[i] as f64, case.x[i] as f64);
-                let xh = (x - mu).abs() * inv + tol_m * inv;
-                let mut tol = g * inv * (d.abs() + a_sum / m) * (e + 8.0 * U) + f64::MIN_POSITIVE;
-                if batch {
-                    tol += g
-                        * inv
-                        * (SUM_REL * U * a_sum / m + xh * (3.0 * e * dg[c].abs() + SUM_REL * U * sx) / m);
-                    tol += g * inv * dg[c].abs() / m * tol_m * inv;
-                    if halves {
-                        tol += 2.0 * g * inv * inv * (a_sum / m) * tol_m * xh;
-                    }
-                }
-                let k = got.dx[i] as f64;
-                if !((k - dx[i]).abs() <= tol) {
-                    return Err(format!(
-                        "(n={n}, c={c}, s={s}) at {i}: dx {k} vs {} (err {:e} > tol {tol:e}), x {x}, dy {d}",
-                        dx[i],
-                        (k - dx[i]).abs()
-                    ));
-                }
-            }
-        }
-    }
-    check_padding(case, &got.dx)
-}
-
 fn prop_backward(isa: Isa, (case, dy, mode, grads, ax, ay): BackCase) -> Result<(), TestCaseError> {
     let Some(k) = kernels_or_skip(isa, "backward") else { return Ok(()) };
     let d = desc(&case);
@@ -206,7 +104,7 @@ fn prop_backward(isa: Isa, (case, dy, mode, grads, ax, ay): BackCase) -> Result<
     k.backward(&d, x, &dy, &mut dxb[ay..ay + d.len()], &affine(&case), &saved, pg).unwrap();
     prop_assert!(dxb[..ay].iter().chain(&dxb[ay + d.len()..]).all(|&v| v == 3.0), "wrote outside dx");
     let got = Grads { dx: dxb[ay..ay + d.len()].to_vec(), dgamma: dg, dbeta: db };
-    check(&case, &dy, mode, &mean, &var, &got, grads, false).map_err(fail)?;
+    check_backward(&case, &dy, mode == StatsMode::Batch, &mean, &var, &got, grads, false).map_err(fail)?;
     if !grads {
         prop_assert!(got.dgamma.iter().all(|v| v.is_nan()), "dgamma written though not asked for");
     }
@@ -241,7 +139,8 @@ fn prop_backward(isa: Isa, (case, dy, mode, grads, ax, ay): BackCase) -> Result<
     )
     .unwrap();
     let halves = Grads { dx: dx3, dgamma: dg3, dbeta: db3 };
-    check(&case, &dy, mode, &mean, &var, &halves, true, true).map_err(|e| fail(format!("halves: {e}")))?;
+    check_backward(&case, &dy, mode == StatsMode::Batch, &mean, &var, &halves, true, true)
+        .map_err(|e| fail(format!("halves: {e}")))?;
     if mode == StatsMode::Global {
         prop_assert!(bits_eq(&halves.dx, &got.dx), "global-statistics dx of the halves differs");
     }
@@ -334,7 +233,7 @@ fn finite_differences() {
             )
             .unwrap();
             let got = Grads { dx: dxk, dgamma: dgk, dbeta: dbk };
-            check(&case, &dy, StatsMode::Batch, &mean, &var, &got, true, false).unwrap();
+            check_backward(&case, &dy, true, &mean, &var, &got, true, false).unwrap();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Tensors large enough for the paths small property cases never reach: outputs of at least 8 MB
 //! (non-temporal stores after an aligned head), training in several channel chunks, channel groups wider
-//! than one scratch group. Every tier and layout, against the oracle, at an odd output alignment.
+//! than one scratch group. Every tier and layout, forward and backward, against the oracle, at an odd
+//! output alignment.
 
 mod common;
 
@@ -37,6 +38,19 @@ fn check_large(shape: Shape, seed: u64) {
                 v.iter().map(|&a| a as f64).collect(),
             );
             check_outputs(&case, y, &norm, false).map_err(ctx).unwrap();
+            // Backward with the batch's statistics: several chunks, streamed dx after an aligned head.
+            let dy = gen_dy(seed ^ 0xd1, shape, layout);
+            let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+            let saved = bnorm::Saved::batch(&m, &v);
+            k.backward(&d, &case.x, &dy, y, &aff, &saved, bnorm::ParamGrads::new(&mut dg, &mut db)).unwrap();
+            let got = Grads { dx: y.to_vec(), dgamma: dg, dbeta: db };
+            check_backward(&case, &dy, true, &m, &v, &got, true, false).map_err(ctx).unwrap();
+            let mut dydx = dy.clone();
+            k.backward_in_place(&d, &case.x, &mut dydx, &aff, &saved, bnorm::ParamGrads::none()).unwrap();
+            assert!(
+                dydx.iter().zip(y.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa} {layout:?} backward in place"
+            );
         }
     }
 }

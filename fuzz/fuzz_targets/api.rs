@@ -1,4 +1,4 @@
-//! Every public operation with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
+//! Every public operation (the backward pass and its halves included) with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
 //! arbitrary ε, momentum, γ, β and data, on a fuzzer-chosen available tier. Never a panic; an `Err` leaves
 //! every output untouched; an `Ok` on finite, in-range data agrees with the f64 oracle within the
 //! documented tolerances.
@@ -10,7 +10,7 @@ mod common;
 mod input;
 
 use bnorm::{Affine, Isa, Kernels, TensorDesc};
-use common::{Case, check_affine, check_moments, check_outputs, norm_with, training_norm};
+use common::{Case, Grads, check_affine, check_backward, check_moments, check_outputs, norm_with, training_norm};
 use input::{decode, fill, near};
 use libfuzzer_sys::fuzz_target;
 
@@ -44,7 +44,7 @@ fuzz_target!(|bytes: &[u8]| {
     let in_range = |v: &[f32]| v.iter().all(|x| x.is_finite() && x.abs() < 1e15);
     let comparable = p.nice && x.len() == len && in_range(&x) && in_range(&gamma) && in_range(&beta);
     let case = Case { shape: p.shape, layout: p.layout, x: x.clone(), gamma: Some(gamma.clone()), beta: Some(beta.clone()), eps: p.eps };
-    match p.op % 9 {
+    match p.op % 11 {
         0 => {
             let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
             let ok = lengths_ok(&[x.len()]) && chans_ok(&[m.len(), v.len()]);
@@ -140,6 +140,75 @@ fuzz_target!(|bytes: &[u8]| {
             match bnorm::update_running_stats(&desc, &mut rm, &mut rv, &mean, &var, mom) {
                 Err(_) => assert!(!ok && untouched(&rm) && untouched(&rv)),
                 Ok(()) => assert!(ok),
+            }
+        }
+        9 | 10 => {
+            // Backward (9) or its reduce and element halves (10): out of place or in place, batch or
+            // global statistics, with or without dγ/dβ.
+            let rev: Vec<f32> = p.data.iter().rev().map(|v| v * 0.5).collect();
+            let dy = fill(&rev, near(len, d[6]));
+            let batch = p.count % 2 == 0;
+            let in_place = p.count >= 3;
+            let want_grads = p.momentum.to_bits() % 2 == 0;
+            // Batch statistics from the kernel itself (what a training step saves), global ones from
+            // the parameters.
+            let (mut mean, mut var) = (fill(&p.params[1..], near(c, d[1])), fill(&p.params[2..], near(c, d[2])));
+            if p.nice {
+                var.iter_mut().for_each(|v| *v = v.abs());
+            }
+            if batch && x.len() == len && mean.len() == c && var.len() == c {
+                k.moments(&desc, &x, &mut mean, &mut var).unwrap();
+            }
+            let var_ok = var.iter().all(|v| *v >= 0.0);
+            let saved = bnorm::Saved { mean: &mean, var: &var, mode: if batch { bnorm::StatsMode::Batch } else { bnorm::StatsMode::Global } };
+            let mut dx = if in_place { dy.clone() } else { vec![SENTINEL; near(len, d[5])] };
+            let before = dx.clone();
+            let (mut dg, mut db) = (vec![SENTINEL; near(c, d[6])], vec![SENTINEL; near(c, d[7])]);
+            let pg = bnorm::ParamGrads { dgamma: want_grads.then_some(&mut dg[..]), dbeta: want_grads.then_some(&mut db[..]) };
+            let ok = lengths_ok(&[x.len(), dx.len()]) && (in_place || dy.len() == len)
+                && chans_ok(&[mean.len(), var.len()]) && var_ok && aff_ok
+                && (!want_grads || chans_ok(&[dg.len(), db.len()]));
+            let r = if p.op % 11 == 9 {
+                if in_place {
+                    k.backward_in_place(&desc, &x, &mut dx, &aff, &saved, pg)
+                } else {
+                    k.backward(&desc, &x, &dy, &mut dx, &aff, &saved, pg)
+                }
+            } else {
+                let (mut s1, mut s2) = (vec![SENTINEL; near(c, d[3])], vec![SENTINEL; near(c, d[4])]);
+                let reduce_ok = lengths_ok(&[x.len(), dy.len()]) && chans_ok(&[mean.len(), s1.len(), s2.len()]);
+                match k.backward_reduce(&desc, &x, &dy, &mean, &mut s1, &mut s2) {
+                    Err(_) => {
+                        assert!(!reduce_ok && untouched(&s1) && untouched(&s2));
+                        return;
+                    }
+                    Ok(()) => assert!(reduce_ok),
+                }
+                // A batch of `count` samples more than the tensor's: SyncBN's global batch.
+                let batch_shape = bnorm::Shape::new(p.shape.n + p.count, c, p.shape.spatial);
+                let sums = bnorm::GradSums { sum_dy: &s1, sum_dy_xmu: &s2, batch: batch_shape };
+                if in_place {
+                    k.backward_elementwise_in_place(&desc, &x, &mut dx, &aff, &saved, &sums, pg)
+                } else {
+                    k.backward_elementwise(&desc, &x, &dy, &mut dx, &aff, &saved, &sums, pg)
+                }
+            };
+            // The halves divide by the larger batch's count: the oracle's comparison does not hold.
+            let halves = p.op % 11 == 10;
+            match r {
+                Err(_) => {
+                    assert!(!ok && dx.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(untouched(&dg) && untouched(&db));
+                }
+                Ok(()) => {
+                    assert!(ok);
+                    assert!(want_grads || (untouched(&dg) && untouched(&db)));
+                    let nice_dy = in_range(&dy) && dy.iter().all(|v| v.abs() < 1e6);
+                    if comparable && !halves && nice_dy && in_range(&mean) && in_range(&var) && in_range(&gamma) {
+                        let got = Grads { dx: dx.clone(), dgamma: dg.clone(), dbeta: db.clone() };
+                        check_backward(&case, &dy, batch, &mean, &var, &got, want_grads, false).unwrap();
+                    }
+                }
             }
         }
         _ => {

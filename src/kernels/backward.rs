@@ -206,9 +206,9 @@ pub(crate) fn backward_op<S: Simd, IO: GradIo>(
     out: &mut BackOut<'_>,
 ) {
     if wide(desc) {
-        backward::<S, IO, WIDE_GROUP>(s, desc, io, p, out)
+        backward::<S, IO, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, p, out)
     } else {
-        backward::<S, IO, GROUP>(s, desc, io, p, out)
+        backward::<S, IO, GROUP, { GROUP + 16 }>(s, desc, io, p, out)
     }
 }
 
@@ -243,7 +243,7 @@ fn reduce<S: Simd, const G: usize>(
     let mut pat = [0.0f32; G];
     for (c0, c1) in chunks::<G>(desc, G) {
         t.clear(c1 - c0);
-        reduce_range(s, desc, x, dy, mean, c0, c1, &mut t, &mut mid, &mut pat);
+        reduce_range(s, desc, x, dy, mean, c0, c1, &mut t, &mut mid, &mut pat[..]);
         for j in 0..c1 - c0 {
             out.sum_dy[c0 + j] = t.dy[j] as f32;
             out.sum_dy_xmu[c0 + j] = t.dyx[j] as f32;
@@ -252,7 +252,7 @@ fn reduce<S: Simd, const G: usize>(
 }
 
 #[inline(always)]
-fn backward<S: Simd, IO: GradIo, const G: usize>(
+fn backward<S: Simd, IO: GradIo, const G: usize, const PG: usize>(
     s: S,
     desc: &TensorDesc,
     io: &mut IO,
@@ -266,19 +266,20 @@ fn backward<S: Simd, IO: GradIo, const G: usize>(
     let step = if need_reduce { train_chunk::<G>(desc, tn.train_chunk_bytes / 2) } else { G };
     let mut t = Totals::<G>::new();
     let mut mid = Mid::<G>::new();
-    let mut co = Coefs::<G>::new();
+    // Position patterns of a group's period and a vector more (see `elem_run`).
+    let mut co = Coefs::<PG>::new();
     let count = p.sums.map_or(desc.shape().count(), |g| g.count);
     let mut coef = [[0.0f32; 4]; G];
     for (c0, c1) in chunks::<G>(desc, step) {
         let n = c1 - c0;
         if need_reduce {
             t.clear(n);
-            reduce_range(s, desc, io.x(), io.dy(), p.mean, c0, c1, &mut t, &mut mid, &mut co.m);
+            reduce_range(s, desc, io.x(), io.dy(), p.mean, c0, c1, &mut t, &mut mid, &mut co.m[..]);
         }
         for (j, cf) in coef[..n].iter_mut().enumerate() {
             *cf = channel_coef(p, c0 + j, &t, j, count, out);
         }
-        elem_range::<S, IO, G>(s, desc, io, p.batch_stats, c0, c1, &coef[..n], &mut co, stream);
+        elem_range::<S, IO, PG>(s, desc, io, p.batch_stats, c0, c1, &coef[..n], &mut co, stream);
     }
     if stream {
         s.fence();
@@ -335,7 +336,7 @@ fn reduce_range<S: Simd, const G: usize>(
     c1: usize,
     t: &mut Totals<G>,
     mid: &mut Mid<G>,
-    pat: &mut [f32; G],
+    pat: &mut [f32],
 ) {
     let sh = desc.shape();
     let limit = c1 - c0;
@@ -717,9 +718,16 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
         }
         Kind::Channels => {
             let w = row_width(desc, c0, c1);
-            fill_pattern(co, coef, w, w);
-            let strip = Strip { start: c0, rows: sh.n * sh.spatial, stride: row_len(desc), width: w };
-            elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, w > c1 - c0, stream);
+            let rows = sh.n * sh.spatial;
+            if w == row_len(desc) && w + S::LANES <= G {
+                // Whole rows: the tensor is one contiguous run whose channels repeat every `w`.
+                fill_pattern(co, coef, w + S::LANES, w);
+                elem_run_any::<S, IP, TRAIN, G>(s, &mut d, 0, rows * w, w, co, w > c1 - c0, stream);
+            } else {
+                fill_pattern(co, coef, w, w);
+                let strip = Strip { start: c0, rows, stride: row_len(desc), width: w };
+                elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, w > c1 - c0, stream);
+            }
         }
         Kind::Blocked(b) => {
             let blocks = sh.c.div_ceil(b);
@@ -728,16 +736,11 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
             for cb in c0 / b..c1.div_ceil(b) {
                 let first = cb * b - c0;
                 let live = (c1 - c0 - first).min(b);
-                fill_pattern(co, &coef[first..first + live], p, b);
+                fill_pattern(co, &coef[first..first + live], p + S::LANES, b);
                 for n in 0..sh.n {
+                    // A channel block's plane is contiguous, its channels repeating every `b`.
                     let start = (n * blocks + cb) * len;
-                    // A channel block's plane is contiguous: one strip of `p`-wide rows, then the rest.
-                    let strip = Strip { start, rows: len / p, stride: p, width: p };
-                    elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, live < b, stream);
-                    if !len.is_multiple_of(p) {
-                        let rest = Strip { start: start + len / p * p, rows: 1, stride: p, width: len % p };
-                        elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &rest, co, live < b, stream);
-                    }
+                    elem_run_any::<S, IP, TRAIN, G>(s, &mut d, start, len, p, co, live < b, stream);
                 }
             }
         }
@@ -802,6 +805,102 @@ fn elem_strip_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
     }
 }
 
+/// The element pass over a contiguous run of `len` values from `start` whose coefficients repeat every
+/// `p` values (the patterns filled for `p + LANES` positions, so that a vector's coefficients are one
+/// load at any offset within the period). With `stream`, the
+/// values up to a vector-aligned output address are done first, so that every full vector streams
+/// whatever the buffer's alignment (a `Vec` is usually 16 bytes past a line); the patterns are then read
+/// at the rotated offset. Periods of one, two or four vectors keep their coefficients in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn elem_run_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
+    s: S,
+    d: &mut Bufs<'_>,
+    start: usize,
+    len: usize,
+    p: usize,
+    co: &Coefs<G>,
+    masked: bool,
+    stream: bool,
+) {
+    let l = S::LANES;
+    let v = if p.is_multiple_of(l) { p / l } else { 0 };
+    match (v, masked) {
+        (1, false) => elem_run::<S, IP, TRAIN, false, 1, G>(s, d, start, len, p, co, stream),
+        (1, true) => elem_run::<S, IP, TRAIN, true, 1, G>(s, d, start, len, p, co, stream),
+        (2, false) => elem_run::<S, IP, TRAIN, false, 2, G>(s, d, start, len, p, co, stream),
+        (2, true) => elem_run::<S, IP, TRAIN, true, 2, G>(s, d, start, len, p, co, stream),
+        (4, false) => elem_run::<S, IP, TRAIN, false, 4, G>(s, d, start, len, p, co, stream),
+        (4, true) => elem_run::<S, IP, TRAIN, true, 4, G>(s, d, start, len, p, co, stream),
+        (_, false) => elem_run::<S, IP, TRAIN, false, 0, G>(s, d, start, len, p, co, stream),
+        (_, true) => elem_run::<S, IP, TRAIN, true, 0, G>(s, d, start, len, p, co, stream),
+    }
+}
+
+/// The coefficients (and mask) of the `LANES` positions from pattern offset `o`.
+#[inline(always)]
+fn pattern_at<S: Simd, const G: usize>(s: S, co: &Coefs<G>, o: usize) -> ([S::V; 4], S::V) {
+    let c = [s.load(&co.a[o..]), s.load(&co.k[o..]), s.load(&co.m[o..]), s.load(&co.mdy[o..])];
+    (c, s.load(&co.mask[o..]))
+}
+
+/// [`elem_run_any`] with `V` vectors per period held in registers (`V = 0`: loaded per vector).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
+    s: S,
+    d: &mut Bufs<'_>,
+    start: usize,
+    len: usize,
+    p: usize,
+    co: &Coefs<G>,
+    stream: bool,
+) {
+    let l = S::LANES;
+    let x = if TRAIN { &d.x[start..start + len] } else { d.x };
+    let dy = if IP { d.dy } else { &d.dy[start..start + len] };
+    let dx = &mut d.dx[start..start + len];
+    let mut i = 0;
+    if stream {
+        let head = ((l - (dx.as_ptr() as usize / 4) % l) % l).min(len);
+        if head > 0 {
+            let (c, mask) = pattern_at(s, co, 0);
+            elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), 0, head, c, mask);
+            i = head;
+        }
+    }
+    // The pattern offset of position `i`.
+    let mut o = i % p;
+    if V > 0 {
+        let mut c = [[s.splat(0.0); 4]; V];
+        let mut mask = [s.splat(0.0); V];
+        for v in 0..V {
+            (c[v], mask[v]) = pattern_at(s, co, (o + v * l) % p);
+        }
+        while i + V * l <= len {
+            for v in 0..V {
+                elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i + v * l, c[v], mask[v], stream);
+            }
+            i += V * l;
+        }
+    }
+    while i + l <= len {
+        let (c, mask) = pattern_at(s, co, o);
+        elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, c, mask, stream);
+        i += l;
+        o = if p >= l {
+            if o + l >= p { o + l - p } else { o + l }
+        } else {
+            // Periods shorter than a vector (NHWC with a few channels).
+            (o + l) % p
+        };
+    }
+    if i < len {
+        let (c, mask) = pattern_at(s, co, o);
+        elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, len - i, c, mask);
+    }
+}
+
 /// `dx` of one vector: `a·(dy − mdy) + k·(x − m)` in training mode, `a·dy` with global statistics.
 #[inline(always)]
 fn grad<S: Simd, const TRAIN: bool>(s: S, x: S::V, dy: S::V, c: [S::V; 4]) -> S::V {
@@ -848,7 +947,14 @@ fn elem_part<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
 
 /// Rows of exactly `V` full vectors, coefficients held in registers.
 #[inline(always)]
-fn elem_rows_reg<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
+fn elem_rows_reg<
+    S: Simd,
+    const IP: bool,
+    const TRAIN: bool,
+    const MASK: bool,
+    const V: usize,
+    const G: usize,
+>(
     s: S,
     d: &mut Bufs<'_>,
     strip: &Strip,

@@ -223,3 +223,108 @@ pub fn check_affine(case: &Case, y: &[f32], scale: &[f32], shift: &[f32]) -> Res
     }
     check_padding(case, y)
 }
+
+// Backward: the gradient sums are chains of 16 additions, 16 of those, then f64 (see the README's
+// Guarantees); SUM_REL bounds their rounding relative to the sum of the terms' magnitudes, with margin.
+pub const SUM_REL: f64 = 64.0;
+
+/// A backward pass's results: `dx`, `dγ`, `dβ`.
+pub struct Grads {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// Checks backward-pass gradients against the oracle (`batch`: training mode, the statistics the
+/// kernel's own; else the given `mean`/`var` are exact). `halves`: from the reduce and element halves, whose
+/// `Σdy·(x − mean)` is not corrected for the rounding of the saved mean (one more term).
+#[allow(clippy::too_many_arguments)]
+pub fn check_backward(
+    case: &Case,
+    dy: &[f32],
+    batch: bool,
+    mean: &[f32],
+    var: &[f32],
+    got: &Grads,
+    grads: bool,
+    halves: bool,
+) -> Result<(), String> {
+    let sh = case.shape;
+    let norm: oracle::Norm = if batch {
+        training_norm(case)
+    } else {
+        norm_with(case, mean.iter().map(|&v| v as f64).collect(), var.iter().map(|&v| v as f64).collect())
+    };
+    let (dx, dg, db) = oracle::backward(sh, case.layout, &case.x, dy, &norm, batch);
+    let m = (sh.n * sh.spatial) as f64;
+    for c in 0..sh.c {
+        let inv = norm.inv_std(c);
+        let g = norm.gamma[c].abs();
+        let mu = norm.mean[c];
+        // How far the saved mean may be from the true one (the statistics' bound; 0 when given).
+        let tol_m = if batch { 2.0 * U * mu.abs() + MEAN_SIGMA * U * norm.var[c].sqrt() } else { 0.0 };
+        // Relative error of the kernel's 1/√(var + ε) (from its f32 variance in batch mode).
+        let e = if batch { (VAR_REL / 2.0 + 4.0) * U } else { 4.0 * U };
+        let dys = oracle::channel(sh, case.layout, dy, c);
+        let xs = oracle::channel(sh, case.layout, &case.x, c);
+        let a_sum: f64 = dys.iter().map(|d| d.abs()).sum();
+        // Σ(|dy| + |mean dy|)·(|x̂| + δμ·inv): what the covariance's roundings are relative to.
+        let sx: f64 =
+            dys.iter().zip(&xs).map(|(d, x)| (d.abs() + a_sum / m) * ((x - mu).abs() + tol_m) * inv).sum();
+        let tol_g = e * dg[c].abs() + SUM_REL * U * sx;
+        let tol_b = SUM_REL * U * a_sum;
+        if grads {
+            let (kg, kb) = (got.dgamma[c] as f64, got.dbeta[c] as f64);
+            let tol_gh = tol_g + if halves { 2.0 * inv * (a_sum / m) * m * tol_m } else { 0.0 };
+            if !((kg - dg[c]).abs() <= tol_gh) {
+                return Err(format!("channel {c}: dgamma {kg} vs {} (tol {tol_gh:e})", dg[c]));
+            }
+            if !((kb - db[c]).abs() <= tol_b) {
+                return Err(format!("channel {c}: dbeta {kb} vs {} (tol {tol_b:e})", db[c]));
+            }
+        }
+        for n in 0..sh.n {
+            for s in 0..sh.spatial {
+                let i = oracle::offset(sh, case.layout, n, c, s);
+                let (d, x) = (dy[i] as f64, case.x[i] as f64);
+                let xh = (x - mu).abs() * inv + tol_m * inv;
+                let mut tol = g * inv * (d.abs() + a_sum / m) * (e + 8.0 * U) + f64::MIN_POSITIVE;
+                if batch {
+                    tol += g
+                        * inv
+                        * (SUM_REL * U * a_sum / m + xh * (3.0 * e * dg[c].abs() + SUM_REL * U * sx) / m);
+                    tol += g * inv * dg[c].abs() / m * tol_m * inv;
+                    if halves {
+                        tol += 2.0 * g * inv * inv * (a_sum / m) * tol_m * xh;
+                    }
+                }
+                let k = got.dx[i] as f64;
+                if !((k - dx[i]).abs() <= tol) {
+                    return Err(format!(
+                        "(n={n}, c={c}, s={s}) at {i}: dx {k} vs {} (err {:e} > tol {tol:e}), x {x}, dy {d}",
+                        dx[i],
+                        (k - dx[i]).abs()
+                    ));
+                }
+            }
+        }
+    }
+    check_padding(case, &got.dx)
+}
+
+/// Output gradients: per channel a scale 10^[-1, 1] and, for half the channels, a mean of up to 3 of
+/// those. Padding lanes hold NaN.
+pub fn gen_dy(seed: u64, shape: Shape, layout: Layout) -> Vec<f32> {
+    let mut r = Rng(seed);
+    let mut dy = vec![f32::NAN; oracle::len(shape, layout)];
+    for c in 0..shape.c {
+        let scale = 10f64.powf(r.range(-1.0, 1.0));
+        let mean = if r.below(2) == 0 { scale * r.range(-3.0, 3.0) } else { 0.0 };
+        for n in 0..shape.n {
+            for s in 0..shape.spatial {
+                dy[oracle::offset(shape, layout, n, c, s)] = (mean + scale * r.range(-1.0, 1.0)) as f32;
+            }
+        }
+    }
+    dy
+}
