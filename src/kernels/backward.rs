@@ -342,8 +342,10 @@ fn reduce_range<S: Simd, const G: usize>(
     let limit = c1 - c0;
     match kind(desc) {
         Kind::Planes => {
-            for (c, &m) in mean.iter().enumerate().take(c1).skip(c0) {
-                for n in 0..sh.n {
+            // Sample by sample, so the chunk's planes are read in address order (NCHW 32×2048×7×7:
+            // planes of 196 bytes, 400 KB apart within a channel).
+            for n in 0..sh.n {
+                for (c, &m) in mean.iter().enumerate().take(c1).skip(c0) {
                     let at = (n * sh.c + c) * sh.spatial;
                     let (xs, ds) = (&x[at..at + sh.spatial], &dy[at..at + sh.spatial]);
                     let (a, b, d) = reduce_plane(s, xs, ds, m);
@@ -709,11 +711,10 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
     let mut d = d;
     match kind(desc) {
         Kind::Planes => {
-            for c in c0..c1 {
-                for n in 0..sh.n {
-                    let at = (n * sh.c + c) * sh.spatial;
-                    elem_plane::<S, IP, TRAIN>(s, &mut d, at, sh.spatial, coef[c - c0], stream);
-                }
+            // Each sample's planes of the chunk are one contiguous run.
+            for n in 0..sh.n {
+                let at = (n * sh.c + c0) * sh.spatial;
+                elem_planes::<S, IP, TRAIN>(s, &mut d, at, sh.spatial, coef, stream);
             }
         }
         Kind::Channels => {
@@ -1013,45 +1014,99 @@ fn elem_strip<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, cons
     }
 }
 
-/// The element pass over one contiguous plane of `n` values of one channel, `c = [a, k, m, mdy]`. With
-/// `stream`, the first values up to a vector-aligned output address are done alone, so that the rest
-/// streams.
+/// The element pass over a contiguous run of `coef.len()` planes of `seg` values, plane `j` with the
+/// coefficients `coef[j]`. Vectors inside a plane use its coefficients splatted in registers; a vector
+/// across planes blends the results of each. With `stream`, the values up to a vector-aligned output
+/// address are done first, so every full vector after them streams (whole lines: small planes no
+/// longer leave partial lines between ordinary stores).
 #[inline(always)]
-fn elem_plane<S: Simd, const IP: bool, const TRAIN: bool>(
+fn elem_planes<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
     d: &mut Bufs<'_>,
     at: usize,
-    n: usize,
-    c: Coef,
+    seg: usize,
+    coef: &[Coef],
     stream: bool,
 ) {
     let l = S::LANES;
-    let cv = [s.splat(c[0]), s.splat(c[1]), s.splat(c[2]), s.splat(c[3])];
-    // The plane's slices (`dy` is empty in place).
-    let x = if TRAIN { &d.x[at..at + n] } else { d.x };
-    let dy = if IP { d.dy } else { &d.dy[at..at + n] };
-    let dx = &mut d.dx[at..at + n];
+    let count = coef.len();
+    let len = seg * count;
+    let x = if TRAIN { &d.x[at..at + len] } else { d.x };
+    let dy = if IP { d.dy } else { &d.dy[at..at + len] };
+    let dx = &mut d.dx[at..at + len];
+    let zero = s.splat(0.0);
     let mut i = 0;
     if stream {
-        let phase = (dx.as_ptr() as usize / 4) % l;
-        let head = ((l - phase) % l).min(n);
+        let head = ((l - (dx.as_ptr() as usize / 4) % l) % l).min(len);
         if head > 0 {
-            elem_part::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), 0, head, cv, cv[0]);
+            let dyv = if IP { s.load_part(&dx[..head], zero) } else { s.load_part(&dy[..head], zero) };
+            let xv = if TRAIN { s.load_part(&x[..head], zero) } else { dyv };
+            let v = seg_vector::<S, TRAIN>(s, xv, dyv, 0, 0, seg, coef);
+            s.store_part(&mut dx[..head], v);
             i = head;
         }
     }
-    while i + 2 * l <= n {
-        elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, cv, cv[0], stream);
-        elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i + l, cv, cv[0], stream);
-        i += 2 * l;
-    }
-    while i < n {
-        let k = (n - i).min(l);
-        if k == l {
-            elem_vec::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, cv, cv[0], stream);
+    let (mut j, mut off) = (i / seg, i % seg);
+    let mut cv = splat_coef(s, coef[j.min(count - 1)]);
+    while i + l <= len {
+        let dyv = if IP { s.load(&dx[i..]) } else { s.load(&dy[i..]) };
+        let xv = if TRAIN { s.load(&x[i..]) } else { dyv };
+        let v = if off + l <= seg {
+            grad::<S, TRAIN>(s, xv, dyv, cv)
         } else {
-            elem_part::<S, IP, TRAIN, false>(s, (x, dy, &mut *dx), i, k, cv, cv[0]);
+            seg_vector::<S, TRAIN>(s, xv, dyv, j, off, seg, coef)
+        };
+        if stream {
+            s.stream(&mut dx[i..], v);
+        } else {
+            s.store(&mut dx[i..], v);
         }
-        i += k;
+        i += l;
+        off += l;
+        if off >= seg {
+            while off >= seg && j + 1 < count {
+                off -= seg;
+                j += 1;
+            }
+            cv = splat_coef(s, coef[j]);
+        }
     }
+    if i < len {
+        let n = len - i;
+        let dyv = if IP { s.load_part(&dx[i..], zero) } else { s.load_part(&dy[i..], zero) };
+        let xv = if TRAIN { s.load_part(&x[i..], zero) } else { dyv };
+        let v = seg_vector::<S, TRAIN>(s, xv, dyv, j, off, seg, coef);
+        s.store_part(&mut dx[i..i + n], v);
+    }
+}
+
+/// A channel's coefficients as vectors.
+#[inline(always)]
+fn splat_coef<S: Simd>(s: S, c: Coef) -> [S::V; 4] {
+    [s.splat(c[0]), s.splat(c[1]), s.splat(c[2]), s.splat(c[3])]
+}
+
+/// `dx` of the vector whose lane 0 is value `off` of plane `j`: each plane's lanes with its
+/// coefficients (lanes past the last plane take the last plane's).
+#[inline(always)]
+fn seg_vector<S: Simd, const TRAIN: bool>(
+    s: S,
+    xv: S::V,
+    dyv: S::V,
+    j: usize,
+    off: usize,
+    seg: usize,
+    coef: &[Coef],
+) -> S::V {
+    let l = S::LANES;
+    let mut v = grad::<S, TRAIN>(s, xv, dyv, splat_coef(s, coef[j]));
+    let mut k = seg - off;
+    let mut jj = j;
+    while k < l && jj + 1 < coef.len() {
+        jj += 1;
+        let vj = grad::<S, TRAIN>(s, xv, dyv, splat_coef(s, coef[jj]));
+        v = s.blend_first(k, v, vj);
+        k += seg;
+    }
+    v
 }
