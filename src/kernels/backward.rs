@@ -29,6 +29,9 @@ use crate::arch::scalar::Scalar;
 use crate::layout::TensorDesc;
 use crate::tuning;
 
+/// Columns per band of the row walk of wide channels-last rows (its sums, 3 × 2 KB, and pattern in L1).
+const BAND: usize = 512;
+
 /// Additions per f32 chain: rows per register block, and blocks per mid sum.
 const CHAIN: usize = 16;
 
@@ -152,21 +155,28 @@ impl<const G: usize> Mid<G> {
         Mid { v: [[0.0; G]; 3], blocks: 0, blk: [[0.0; G]; 3] }
     }
 
-    /// Adds positions `0..w` into the totals: position `i` is total `base + i % period` when that is
-    /// below `limit` (padding positions are dropped); then empties them.
-    fn flush(&mut self, w: usize, t: &mut Totals<G>, period: usize, base: usize, limit: usize) {
-        // Whole periods, then the rest (no division per position).
+    /// Adds positions `0..w` into the totals and empties them: positions come in periods of `p`, period
+    /// `q` holding channels `base + q·b ..` repeated every `b` (`p` a multiple of `b`: position `i` is
+    /// total `base + (i / p)·b + i % b`); totals at or past `limit` are padding, dropped.
+    fn flush(&mut self, w: usize, t: &mut Totals<G>, (p, b, base, limit): Map) {
         let mut i0 = 0;
+        let mut jb = base;
         while i0 < w {
-            for p in 0..period.min(w - i0) {
-                let (i, j) = (i0 + p, base + p);
+            let mut rb = 0;
+            for i in i0..(i0 + p).min(w) {
+                let j = jb + rb;
                 if j < limit {
                     t.dy[j] += self.v[0][i] as Weight;
                     t.dyx[j] += self.v[1][i] as Weight;
                     t.x[j] += self.v[2][i] as Weight;
                 }
+                rb += 1;
+                if rb == b {
+                    rb = 0;
+                }
             }
-            i0 += period;
+            i0 += p;
+            jb += b;
         }
         for v in &mut self.v {
             v[..w].fill(0.0);
@@ -174,6 +184,9 @@ impl<const G: usize> Mid<G> {
         self.blocks = 0;
     }
 }
+
+/// How mid positions map to a chunk's totals: `(p, b, base, limit)` (see [`Mid::flush`]).
+type Map = (usize, usize, usize, usize);
 
 /// Per-position coefficients of the element pass: `dx = a·(dy − mdy) + k·(x − m)`, then `& mask`.
 struct Coefs<const G: usize> {
@@ -361,33 +374,62 @@ fn reduce_range<S: Simd, const G: usize>(
                 *v = if c0 + i < c1 { mean[c0 + i] } else { 0.0 };
             }
             let strip = Strip { start: c0, rows: sh.n * sh.spatial, stride: row_len(desc), width: w };
-            reduce_strip(s, x, dy, &strip, &pat[..w], mid, t, (w, 0, limit));
+            reduce_strip(s, x, dy, &strip, &pat[..w], mid, t, (w, w, 0, limit));
         }
         Kind::Blocked(b) => {
+            // Sample by sample, the planes of as many of the chunk's blocks as the mid sums hold: each
+            // sample's planes of the chunk are read in address order (r50-s5, 32×2048×7×7: block planes
+            // of 784 bytes, 400 KB apart within a block). Position `(cb − g0)·p + i` of the mid sums is
+            // channel `cb·b + i % b`.
             let blocks = sh.c.div_ceil(b);
             let p = b.max(S::LANES);
             let len = sh.spatial * b;
-            for cb in c0 / b..c1.div_ceil(b) {
-                for (i, v) in pat[..p].iter_mut().enumerate() {
-                    let c = cb * b + i % b;
+            let (rows, rem) = (len / p, len % p);
+            let per = (G / p).max(1);
+            let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
+            let mut g0 = cb0;
+            while g0 < cb1 {
+                let g1 = (g0 + per).min(cb1);
+                let w = (g1 - g0) * p;
+                for (i, v) in pat[..w].iter_mut().enumerate() {
+                    let c = (g0 + i / p) * b + i % b;
                     *v = if c < sh.c { mean[c] } else { 0.0 };
                 }
-                let base = cb * b - c0;
+                let map = (p, b, g0 * b - c0, limit);
                 for n in 0..sh.n {
-                    let start = (n * blocks + cb) * len;
-                    let strip = Strip { start, rows: len / p, stride: p, width: p };
-                    reduce_strip(s, x, dy, &strip, &pat[..p], mid, t, (b, base, limit));
-                    if !len.is_multiple_of(p) {
-                        let rest = Strip { start: start + len / p * p, rows: 1, stride: p, width: len % p };
-                        reduce_strip(s, x, dy, &rest, &pat[..p], mid, t, (b, base, limit));
+                    let mut r0 = 0;
+                    loop {
+                        let piece = (rows - r0).min(CHAIN * CHAIN);
+                        let last = r0 + piece == rows;
+                        let blocks_added = piece.div_ceil(CHAIN) + usize::from(last && rem > 0);
+                        if mid.blocks + blocks_added > CHAIN {
+                            mid.flush(w, t, map);
+                        }
+                        for cb in g0..g1 {
+                            let plane = (n * blocks + cb) * len;
+                            let mcol = (cb - g0) * p;
+                            let strip = Strip { start: plane + r0 * p, rows: piece, stride: p, width: p };
+                            reduce_cols(s, x, dy, &strip, mcol, &pat[..w], mid);
+                            if last && rem > 0 {
+                                let tail = Strip { start: plane + rows * p, rows: 1, stride: p, width: rem };
+                                reduce_cols(s, x, dy, &tail, mcol, &pat[..w], mid);
+                            }
+                        }
+                        mid.blocks += blocks_added;
+                        r0 += piece;
+                        if last {
+                            break;
+                        }
                     }
                 }
-                mid.flush(p, t, b, base, limit);
+                mid.flush(w, t, map);
+                g0 = g1;
             }
         }
     }
     if !matches!(kind(desc), Kind::Blocked(_)) {
-        mid.flush(row_width(desc, c0, c1).min(G), t, G, 0, limit);
+        let w = row_width(desc, c0, c1).min(G);
+        mid.flush(w, t, (w, w, 0, limit));
     }
 }
 
@@ -460,7 +502,7 @@ fn reduce_rows<S: Simd, const G: usize>(
     m: &[f32],
     mid: &mut Mid<G>,
     t: &mut Totals<G>,
-    (period, base, limit): (usize, usize, usize),
+    map: Map,
 ) {
     let l = S::LANES;
     let w = strip.width;
@@ -470,10 +512,12 @@ fn reduce_rows<S: Simd, const G: usize>(
     while r < strip.rows {
         let end = (r + CHAIN).min(strip.rows);
         if mid.blocks == CHAIN {
-            mid.flush(w, t, period, base, limit);
+            mid.flush(w, t, map);
         }
+        // Every lane the vectors below touch (the tail's lanes past `w` add zeros, but must start at 0:
+        // a wider band before may have left sums there).
         for q in &mut mid.blk {
-            q[..w].fill(0.0);
+            q[..w.div_ceil(l) * l].fill(0.0);
         }
         let [b0, b1, b2] = &mut mid.blk;
         while r < end {
@@ -537,14 +581,24 @@ fn reduce_strip<S: Simd, const G: usize>(
     m: &[f32],
     mid: &mut Mid<G>,
     t: &mut Totals<G>,
-    map: (usize, usize, usize),
+    map: Map,
 ) {
     let l = S::LANES;
     let w = strip.width;
     if w > 4 * l {
         // Rows wider than a register tile: walked in address order with the sums in L1 (a tile walk
-        // would read each row in several strided passes: NHWC 32×256×56×56 reduced at 10 GB/s so).
-        reduce_rows(s, x, dy, strip, m, mid, t, map);
+        // would read each row in several strided passes: NHWC 32×256×56×56 reduced at 10 GB/s so), in
+        // bands of at most BAND columns so that the sums and the pattern stay in L1.
+        let (_, _, base, limit) = map;
+        let mut b0 = 0;
+        while b0 < w {
+            let bw = (w - b0).min(BAND);
+            let band = Strip { start: strip.start + b0, width: bw, ..*strip };
+            let bmap = (bw, bw, base + b0, limit);
+            reduce_rows(s, x, dy, &band, &m[b0..b0 + bw], mid, t, bmap);
+            mid.flush(bw, t, bmap);
+            b0 += bw;
+        }
         return;
     }
     // Pieces of rows whose x and dy fit in a quarter of L2, so the tile columns re-read them from it.
@@ -555,29 +609,47 @@ fn reduce_strip<S: Simd, const G: usize>(
         let rows = (strip.rows - r0).min(piece);
         let blocks = rows.div_ceil(CHAIN);
         if mid.blocks + blocks > CHAIN {
-            let (period, base, limit) = map;
-            mid.flush(m.len(), t, period, base, limit);
+            mid.flush(m.len(), t, map);
         }
-        let start = strip.start + r0 * strip.stride;
-        let mut col = 0;
-        // Tiles of four vectors (three sums each: 12 accumulators) with 32 registers, of two with 16;
-        // a lone vector deals its rows to four accumulator sets, to hide the additions' latency.
-        if S::REGS >= 32 {
-            while col + 4 * l <= w {
-                reduce_tile::<S, 4, 1, G>(s, x, dy, start, rows, strip.stride, col, l, m, mid);
-                col += 4 * l;
-            }
-        }
-        while col + 2 * l <= w {
-            reduce_tile::<S, 2, 1, G>(s, x, dy, start, rows, strip.stride, col, l, m, mid);
-            col += 2 * l;
-        }
-        while col < w {
-            reduce_tile::<S, 1, 4, G>(s, x, dy, start, rows, strip.stride, col, (w - col).min(l), m, mid);
-            col += l;
-        }
+        let part = Strip { start: strip.start + r0 * strip.stride, rows, ..*strip };
+        reduce_cols(s, x, dy, &part, 0, m, mid);
         mid.blocks += blocks;
         r0 += rows;
+    }
+}
+
+/// The columns of a strip in register tiles, into the mid sums from position `mcol` (the pattern `m`
+/// read from there too).
+#[inline(always)]
+fn reduce_cols<S: Simd, const G: usize>(
+    s: S,
+    x: &[f32],
+    dy: &[f32],
+    strip: &Strip,
+    mcol: usize,
+    m: &[f32],
+    mid: &mut Mid<G>,
+) {
+    let l = S::LANES;
+    let w = strip.width;
+    let (start, rows, stride) = (strip.start, strip.rows, strip.stride);
+    let mut col = 0;
+    // Tiles of four vectors (three sums each: 12 accumulators) with 32 registers, of two with 16;
+    // a lone vector deals its rows to four accumulator sets, to hide the additions' latency.
+    if S::REGS >= 32 {
+        while col + 4 * l <= w {
+            reduce_tile::<S, 4, 1, G>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
+            col += 4 * l;
+        }
+    }
+    while col + 2 * l <= w {
+        reduce_tile::<S, 2, 1, G>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
+        col += 2 * l;
+    }
+    while col < w {
+        let last = (w - col).min(l);
+        reduce_tile::<S, 1, 4, G>(s, x, dy, (start, rows, stride), col, mcol, last, m, mid);
+        col += l;
     }
 }
 
@@ -590,10 +662,9 @@ fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
     s: S,
     x: &[f32],
     dy: &[f32],
-    start: usize,
-    rows: usize,
-    stride: usize,
+    (start, rows, stride): (usize, usize, usize),
     col: usize,
+    mcol: usize,
     last: usize,
     m: &[f32],
     mid: &mut Mid<G>,
@@ -603,7 +674,7 @@ fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
     let width = (T - 1) * l + last;
     let mut mv = [zero; T];
     for (j, v) in mv.iter_mut().enumerate() {
-        let c = col + j * l;
+        let c = mcol + col + j * l;
         *v = if j + 1 < T || last == l { s.load(&m[c..]) } else { s.load_part(&m[c..c + last], zero) };
     }
     let mut r = 0;
@@ -632,8 +703,8 @@ fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
                         v = s.add(v, set[j]);
                     }
                 }
-                // `mid` rows are G long, G a multiple of LANES and the strip at most G wide: in bounds.
-                let c = col + j * l;
+                // `mid` rows are G long, G a multiple of LANES and the positions at most G: in bounds.
+                let c = mcol + col + j * l;
                 let sum = s.add(s.load(&mid.v[q][c..]), v);
                 s.store(&mut mid.v[q][c..], sum);
             }
@@ -722,10 +793,11 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
             let rows = sh.n * sh.spatial;
             if w == row_len(desc) && w + S::LANES <= G {
                 // Whole rows: the tensor is one contiguous run whose channels repeat every `w`.
-                fill_pattern(co, coef, w + S::LANES, w);
-                elem_run_any::<S, IP, TRAIN, G>(s, &mut d, 0, rows * w, w, co, w > c1 - c0, stream);
+                fill_pattern(co, 0, coef, w + S::LANES, w);
+                let run = Run { start: 0, len: rows * w, p: w, pbase: 0 };
+                elem_run_any::<S, IP, TRAIN, G>(s, &mut d, &run, co, w > c1 - c0, stream);
             } else {
-                fill_pattern(co, coef, w, w);
+                fill_pattern(co, 0, coef, w, w);
                 let strip = Strip { start: c0, rows, stride: row_len(desc), width: w };
                 elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, w > c1 - c0, stream);
             }
@@ -734,15 +806,29 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
             let blocks = sh.c.div_ceil(b);
             let p = b.max(S::LANES);
             let len = sh.spatial * b;
-            for cb in c0 / b..c1.div_ceil(b) {
-                let first = cb * b - c0;
-                let live = (c1 - c0 - first).min(b);
-                fill_pattern(co, &coef[first..first + live], p + S::LANES, b);
-                for n in 0..sh.n {
-                    // A channel block's plane is contiguous, its channels repeating every `b`.
-                    let start = (n * blocks + cb) * len;
-                    elem_run_any::<S, IP, TRAIN, G>(s, &mut d, start, len, p, co, live < b, stream);
+            // Sample by sample, the planes of as many of the chunk's blocks as the patterns hold (a
+            // period and a vector each), in address order.
+            let ps = p + S::LANES;
+            let per = (G / ps).max(1);
+            let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
+            let mut g0 = cb0;
+            while g0 < cb1 {
+                let g1 = (g0 + per).min(cb1);
+                for cb in g0..g1 {
+                    let first = cb * b - c0;
+                    let live = (c1 - c0 - first).min(b);
+                    fill_pattern(co, (cb - g0) * ps, &coef[first..first + live], ps, b);
                 }
+                for n in 0..sh.n {
+                    for cb in g0..g1 {
+                        // A channel block's plane is contiguous, its channels repeating every `b`.
+                        let start = (n * blocks + cb) * len;
+                        let masked = c1 - c0 - (cb * b - c0) < b;
+                        let run = Run { start, len, p, pbase: (cb - g0) * ps };
+                        elem_run_any::<S, IP, TRAIN, G>(s, &mut d, &run, co, masked, stream);
+                    }
+                }
+                g0 = g1;
             }
         }
     }
@@ -768,18 +854,28 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
     if IP { s.load_part(&dx[i..i + n], z) } else { s.load_part(&dy[i..i + n], z) }
 }
 
-/// Position `i < w` of the patterns gets channel `i % period`'s coefficients (`coef[i % period]`, or
-/// zeros and a clear mask past `coef`: padding).
+/// Position `at + i` (`i < w`) of the patterns gets channel `i % period`'s coefficients
+/// (`coef[i % period]`, or zeros and a clear mask past `coef`: padding).
 #[inline(always)]
-fn fill_pattern<const G: usize>(co: &mut Coefs<G>, coef: &[Coef], w: usize, period: usize) {
+fn fill_pattern<const G: usize>(co: &mut Coefs<G>, at: usize, coef: &[Coef], w: usize, period: usize) {
     for i in 0..w {
         let [a, k, m, mdy] = coef.get(i % period).copied().unwrap_or([0.0; 4]);
-        co.a[i] = a;
-        co.k[i] = k;
-        co.m[i] = m;
-        co.mdy[i] = mdy;
-        co.mask[i] = if i % period < coef.len() { LIVE } else { 0.0 };
+        co.a[at + i] = a;
+        co.k[at + i] = k;
+        co.m[at + i] = m;
+        co.mdy[at + i] = mdy;
+        co.mask[at + i] = if i % period < coef.len() { LIVE } else { 0.0 };
     }
+}
+
+/// A contiguous run of `len` values from `start` whose coefficients repeat every `p` values, their
+/// patterns at `pbase` (filled for `p + LANES` positions).
+#[derive(Clone, Copy)]
+struct Run {
+    start: usize,
+    len: usize,
+    p: usize,
+    pbase: usize,
 }
 
 /// The element pass over a strip: rows of one, two or four full vectors keep their coefficients in
@@ -817,24 +913,22 @@ fn elem_strip_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
 fn elem_run_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
     s: S,
     d: &mut Bufs<'_>,
-    start: usize,
-    len: usize,
-    p: usize,
+    run: &Run,
     co: &Coefs<G>,
     masked: bool,
     stream: bool,
 ) {
-    let l = S::LANES;
+    let (l, p) = (S::LANES, run.p);
     let v = if p.is_multiple_of(l) { p / l } else { 0 };
     match (v, masked) {
-        (1, false) => elem_run::<S, IP, TRAIN, false, 1, G>(s, d, start, len, p, co, stream),
-        (1, true) => elem_run::<S, IP, TRAIN, true, 1, G>(s, d, start, len, p, co, stream),
-        (2, false) => elem_run::<S, IP, TRAIN, false, 2, G>(s, d, start, len, p, co, stream),
-        (2, true) => elem_run::<S, IP, TRAIN, true, 2, G>(s, d, start, len, p, co, stream),
-        (4, false) => elem_run::<S, IP, TRAIN, false, 4, G>(s, d, start, len, p, co, stream),
-        (4, true) => elem_run::<S, IP, TRAIN, true, 4, G>(s, d, start, len, p, co, stream),
-        (_, false) => elem_run::<S, IP, TRAIN, false, 0, G>(s, d, start, len, p, co, stream),
-        (_, true) => elem_run::<S, IP, TRAIN, true, 0, G>(s, d, start, len, p, co, stream),
+        (1, false) => elem_run::<S, IP, TRAIN, false, 1, G>(s, d, run, co, stream),
+        (1, true) => elem_run::<S, IP, TRAIN, true, 1, G>(s, d, run, co, stream),
+        (2, false) => elem_run::<S, IP, TRAIN, false, 2, G>(s, d, run, co, stream),
+        (2, true) => elem_run::<S, IP, TRAIN, true, 2, G>(s, d, run, co, stream),
+        (4, false) => elem_run::<S, IP, TRAIN, false, 4, G>(s, d, run, co, stream),
+        (4, true) => elem_run::<S, IP, TRAIN, true, 4, G>(s, d, run, co, stream),
+        (_, false) => elem_run::<S, IP, TRAIN, false, 0, G>(s, d, run, co, stream),
+        (_, true) => elem_run::<S, IP, TRAIN, true, 0, G>(s, d, run, co, stream),
     }
 }
 
@@ -851,13 +945,12 @@ fn pattern_at<S: Simd, const G: usize>(s: S, co: &Coefs<G>, o: usize) -> ([S::V;
 fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
     s: S,
     d: &mut Bufs<'_>,
-    start: usize,
-    len: usize,
-    p: usize,
+    run: &Run,
     co: &Coefs<G>,
     stream: bool,
 ) {
     let l = S::LANES;
+    let Run { start, len, p, pbase } = *run;
     let x = if TRAIN { &d.x[start..start + len] } else { d.x };
     let dy = if IP { d.dy } else { &d.dy[start..start + len] };
     let dx = &mut d.dx[start..start + len];
@@ -865,7 +958,7 @@ fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const 
     if stream {
         let head = ((l - (dx.as_ptr() as usize / 4) % l) % l).min(len);
         if head > 0 {
-            let (c, mask) = pattern_at(s, co, 0);
+            let (c, mask) = pattern_at(s, co, pbase);
             elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), 0, head, c, mask);
             i = head;
         }
@@ -876,7 +969,7 @@ fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const 
         let mut c = [[s.splat(0.0); 4]; V];
         let mut mask = [s.splat(0.0); V];
         for v in 0..V {
-            (c[v], mask[v]) = pattern_at(s, co, (o + v * l) % p);
+            (c[v], mask[v]) = pattern_at(s, co, pbase + (o + v * l) % p);
         }
         while i + V * l <= len {
             for v in 0..V {
@@ -886,7 +979,7 @@ fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const 
         }
     }
     while i + l <= len {
-        let (c, mask) = pattern_at(s, co, o);
+        let (c, mask) = pattern_at(s, co, pbase + o);
         elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, c, mask, stream);
         i += l;
         o = if p >= l {
@@ -897,7 +990,7 @@ fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const 
         };
     }
     if i < len {
-        let (c, mask) = pattern_at(s, co, o);
+        let (c, mask) = pattern_at(s, co, pbase + o);
         elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, len - i, c, mask);
     }
 }
