@@ -164,10 +164,10 @@ fuzz_target!(|bytes: &[u8]| {
             let mut dx = if in_place { dy.clone() } else { vec![SENTINEL; near(len, d[5])] };
             let before = dx.clone();
             let (mut dg, mut db) = (vec![SENTINEL; near(c, d[6])], vec![SENTINEL; near(c, d[7])]);
-            let pg = bnorm::ParamGrads { dgamma: want_grads.then_some(&mut dg[..]), dbeta: want_grads.then_some(&mut db[..]) };
             let ok = lengths_ok(&[x.len(), dx.len()]) && (in_place || dy.len() == len)
                 && chans_ok(&[mean.len(), var.len()]) && var_ok && aff_ok
                 && (!want_grads || chans_ok(&[dg.len(), db.len()]));
+            let pg = bnorm::ParamGrads { dgamma: want_grads.then_some(&mut dg[..]), dbeta: want_grads.then_some(&mut db[..]) };
             let r = if p.op % 11 == 9 {
                 if in_place {
                     k.backward_in_place(&desc, &x, &mut dx, &aff, &saved, pg)
