@@ -344,16 +344,12 @@ impl Kernels {
         dx: &mut [f32],
         affine: &Affine<'_>,
         saved: &Saved<'_>,
-        mut grads: ParamGrads<'_>,
+        grads: ParamGrads<'_>,
     ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("dy", dy, desc.len())?;
         check_len("dx", dx, desc.len())?;
-        check_backward(desc, affine, saved, &grads)?;
-        let params = back_params(affine, saved, None);
-        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
-        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::Split(dy, dx), params, out });
-        Ok(())
+        self.backward_call(desc, x, Data::Split(dy, dx), affine, saved, None, grads)
     }
 
     /// [`backward`](Self::backward) writing `dx` over `dy` (`dy_dx`): gives the same bits.
@@ -365,15 +361,11 @@ impl Kernels {
         dy_dx: &mut [f32],
         affine: &Affine<'_>,
         saved: &Saved<'_>,
-        mut grads: ParamGrads<'_>,
+        grads: ParamGrads<'_>,
     ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("dy_dx", dy_dx, desc.len())?;
-        check_backward(desc, affine, saved, &grads)?;
-        let params = back_params(affine, saved, None);
-        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
-        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::InPlace(dy_dx), params, out });
-        Ok(())
+        self.backward_call(desc, x, Data::InPlace(dy_dx), affine, saved, None, grads)
     }
 
     /// The backward pass's first half (PyTorch's `batch_norm_backward_reduce`): per channel
@@ -428,17 +420,12 @@ impl Kernels {
         affine: &Affine<'_>,
         saved: &Saved<'_>,
         sums: &GradSums<'_>,
-        mut grads: ParamGrads<'_>,
+        grads: ParamGrads<'_>,
     ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("dy", dy, desc.len())?;
         check_len("dx", dx, desc.len())?;
-        check_backward(desc, affine, saved, &grads)?;
-        check_sums(desc, sums)?;
-        let params = back_params(affine, saved, Some(sums));
-        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
-        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::Split(dy, dx), params, out });
-        Ok(())
+        self.backward_call(desc, x, Data::Split(dy, dx), affine, saved, Some(sums), grads)
     }
 
     /// [`backward_elementwise`](Self::backward_elementwise) writing `dx` over `dy`: gives the same bits.
@@ -452,15 +439,36 @@ impl Kernels {
         affine: &Affine<'_>,
         saved: &Saved<'_>,
         sums: &GradSums<'_>,
-        mut grads: ParamGrads<'_>,
+        grads: ParamGrads<'_>,
     ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("dy_dx", dy_dx, desc.len())?;
+        self.backward_call(desc, x, Data::InPlace(dy_dx), affine, saved, Some(sums), grads)
+    }
+}
+
+impl Kernels {
+    /// The checks every backward call shares (the data lengths are checked by the caller), then the
+    /// call on this tier.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn backward_call(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        data: Data<'_>,
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: Option<&GradSums<'_>>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
         check_backward(desc, affine, saved, &grads)?;
-        check_sums(desc, sums)?;
-        let params = back_params(affine, saved, Some(sums));
-        let out = BackOut { dgamma: grads.dgamma.take(), dbeta: grads.dbeta.take() };
-        crate::arch::run(self.isa(), Call::Backward { desc, x, data: Data::InPlace(dy_dx), params, out });
+        if let Some(g) = sums {
+            check_sums(desc, g)?;
+        }
+        let params = back_params(affine, saved, sums);
+        let out = BackOut { dgamma: grads.dgamma, dbeta: grads.dbeta };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data, params, out });
         Ok(())
     }
 }
