@@ -85,6 +85,9 @@ fn benches(cr: &mut Criterion) {
             })
             .collect();
         let mut ybuf = vec![0.0f32; max_len + 2];
+        // The output gradient of the backward ops: another stream with the same values.
+        let dybuf: Vec<f32> = xbuf.iter().rev().map(|v| v - 6.0).collect();
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
         let gamma = vec![1.5f32; c];
         let beta = vec![0.25f32; c];
         let aff = Affine::new(&gamma, &beta, 1e-5);
@@ -93,27 +96,40 @@ fn benches(cr: &mut Criterion) {
             let d = TensorDesc::new(shape, layout).unwrap();
             let len = d.len();
             let x = &xbuf[1..1 + len];
-            for op in ["moments", "forward_training", "forward_inference", "channel_affine"] {
+            let dy = &dybuf[1..1 + len];
+            for op in [
+                "moments",
+                "forward_training",
+                "forward_inference",
+                "channel_affine",
+                "backward",
+                "backward_global",
+            ] {
                 let mut g = cr.benchmark_group(format!("{op}/{name}/{lname}"));
                 let big = tensor_bytes > 20_000_000;
                 g.sample_size(10)
                     .warm_up_time(Duration::from_millis(300))
                     .measurement_time(Duration::from_millis(if big { 2000 } else { 800 }));
-                g.throughput(Throughput::Bytes(if op == "moments" {
-                    tensor_bytes
-                } else {
-                    2 * tensor_bytes
+                // Bytes each call must move: the backward ops read x and dy and write dx.
+                g.throughput(Throughput::Bytes(match op {
+                    "moments" => tensor_bytes,
+                    "backward" | "backward_global" => 3 * tensor_bytes,
+                    _ => 2 * tensor_bytes,
                 }));
                 let y = &mut ybuf[2..2 + len];
-                g.bench_function(BenchmarkId::from_parameter("naive"), |b| match op {
-                    "moments" => b.iter(|| naive_moments(&d, x, &mut mean, &mut var)),
-                    "forward_training" => b.iter(|| {
-                        naive_moments(&d, x, &mut mean, &mut var);
-                        naive_normalize(&d, x, y, &mean, &var, &gamma, &beta)
-                    }),
-                    "forward_inference" => b.iter(|| naive_normalize(&d, x, y, &mean, &var, &gamma, &beta)),
-                    _ => b.iter(|| naive_affine(&d, x, y, &gamma, &beta)),
-                });
+                if !op.starts_with("backward") {
+                    g.bench_function(BenchmarkId::from_parameter("naive"), |b| match op {
+                        "moments" => b.iter(|| naive_moments(&d, x, &mut mean, &mut var)),
+                        "forward_training" => b.iter(|| {
+                            naive_moments(&d, x, &mut mean, &mut var);
+                            naive_normalize(&d, x, y, &mean, &var, &gamma, &beta)
+                        }),
+                        "forward_inference" => {
+                            b.iter(|| naive_normalize(&d, x, y, &mean, &var, &gamma, &beta))
+                        }
+                        _ => b.iter(|| naive_affine(&d, x, y, &gamma, &beta)),
+                    });
+                }
                 for isa in Isa::available() {
                     let k = Kernels::new(isa).unwrap();
                     g.bench_function(BenchmarkId::from_parameter(isa.name()), |b| match op {
@@ -124,7 +140,20 @@ fn benches(cr: &mut Criterion) {
                         "forward_inference" => {
                             b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap())
                         }
-                        _ => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
+                        "channel_affine" => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
+                        // Training mode (the statistics as forward_training left them) and global
+                        // statistics, both writing dγ and dβ.
+                        _ => {
+                            let saved = if op == "backward" {
+                                bnorm::Saved::batch(&mean, &var)
+                            } else {
+                                bnorm::Saved::global(&mean, &var)
+                            };
+                            b.iter(|| {
+                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                k.backward(&d, x, dy, y, &aff, &saved, g).unwrap()
+                            })
+                        }
                     });
                 }
                 g.finish();
