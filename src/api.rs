@@ -2,7 +2,7 @@
 //! The operations: validation, then one call into the chosen tier.
 
 use crate::dispatch::Kernels;
-use crate::kernels::backward::{BackOut, BackParams, GivenSums, ReduceOut};
+use crate::kernels::backward::{BackOut, BackParams, GivenSums, GradData, ReduceOut};
 use crate::kernels::ops::{Call, Data, ParamSrc};
 use crate::{Error, Shape, TensorDesc};
 
@@ -391,8 +391,11 @@ impl Kernels {
         check_len("mean", mean, c)?;
         check_len("sum_dy", sum_dy, c)?;
         check_len("sum_dy_xmu", sum_dy_xmu, c)?;
-        let out = ReduceOut { sum_dy, sum_dy_xmu };
-        crate::arch::run(self.isa(), Call::BackwardReduce { desc, x, dy, mean, out });
+        let data = GradData::Reduce(dy, ReduceOut { sum_dy, sum_dy_xmu });
+        // The reduce half reads only `mean` from the parameters.
+        let params = BackParams { gamma: None, eps: 0.0, mean, var: mean, batch_stats: true, sums: None };
+        let out = BackOut { dgamma: None, dbeta: None };
+        crate::arch::run(self.isa(), Call::Backward { desc, x, data, params, out });
         Ok(())
     }
 
@@ -468,6 +471,10 @@ impl Kernels {
         }
         let params = back_params(affine, saved, sums);
         let out = BackOut { dgamma: grads.dgamma, dbeta: grads.dbeta };
+        let data = match data {
+            Data::Split(dy, dx) => GradData::Split(dy, dx),
+            Data::InPlace(dydx) => GradData::InPlace(dydx),
+        };
         crate::arch::run(self.isa(), Call::Backward { desc, x, data, params, out });
         Ok(())
     }

@@ -185,7 +185,7 @@ macro_rules! tier_entries {
     ($module:ident, $token:ty $(, $features:literal)?) => {
         mod $module {
             #![allow(unused_unsafe)]
-            use crate::kernels::backward::{self, BackOut, BackParams, GradInPlace, GradSplit, ReduceOut};
+            use crate::kernels::backward::{self, BackOut, BackParams, GradData};
             use crate::kernels::ops::{self, Call, Data, ParamSrc};
             use crate::kernels::{InPlace, Split, limit};
             use crate::layout::TensorDesc;
@@ -230,44 +230,19 @@ macro_rules! tier_entries {
                 ops::normalize_op(t, desc, &mut InPlace { xy }, params, false)
             }
 
+            // One entry point for the backward pass, its element half and its reduce half: the
+            // reduction is compiled once per tier.
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
-            fn backward_split(
+            fn backward(
                 t: $token,
                 desc: &TensorDesc,
                 x: &[f32],
-                dy: &[f32],
-                dx: &mut [f32],
+                data: GradData<'_>,
                 p: &BackParams<'_>,
                 out: &mut BackOut<'_>,
             ) {
-                backward::backward_op(t, desc, &mut GradSplit { x, dy, dx }, p, out)
-            }
-
-            $(#[target_feature(enable = $features)])?
-            #[inline(never)]
-            fn backward_in_place(
-                t: $token,
-                desc: &TensorDesc,
-                x: &[f32],
-                dydx: &mut [f32],
-                p: &BackParams<'_>,
-                out: &mut BackOut<'_>,
-            ) {
-                backward::backward_op(t, desc, &mut GradInPlace { x, dydx }, p, out)
-            }
-
-            $(#[target_feature(enable = $features)])?
-            #[inline(never)]
-            fn backward_reduce(
-                t: $token,
-                desc: &TensorDesc,
-                x: &[f32],
-                dy: &[f32],
-                mean: &[f32],
-                out: &mut ReduceOut<'_>,
-            ) {
-                backward::reduce_op(t, desc, x, dy, mean, out)
+                backward::backward_op(t, desc, x, data, p, out)
             }
 
             $(#[target_feature(enable = $features)])?
@@ -302,14 +277,8 @@ macro_rules! tier_entries {
                         Call::Normalize { desc, data: Data::InPlace(xy), params } => {
                             normalize_in_place(t, desc, xy, params)
                         }
-                        Call::Backward { desc, x, data: Data::Split(dy, dx), params, mut out } => {
-                            backward_split(t, desc, x, dy, dx, &params, &mut out)
-                        }
-                        Call::Backward { desc, x, data: Data::InPlace(dydx), params, mut out } => {
-                            backward_in_place(t, desc, x, dydx, &params, &mut out)
-                        }
-                        Call::BackwardReduce { desc, x, dy, mean, mut out } => {
-                            backward_reduce(t, desc, x, dy, mean, &mut out)
+                        Call::Backward { desc, x, data, params, mut out } => {
+                            backward(t, desc, x, data, &params, &mut out)
                         }
                         Call::ReadPass { x, sum } => *sum = read_pass(t, x),
                         Call::ScalePass { x, y, stream } => scale_pass(t, x, y, stream),

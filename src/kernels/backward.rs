@@ -21,7 +21,7 @@
 //! and dy), then its element pass while both are still in cache. Channels-last rows cannot be cut into
 //! such chunks (each channel spans the whole tensor): they are two passes over the tensor.
 
-use super::ops::{Kind, chunks, kind, row_len, row_width, train_chunk, wide};
+use super::ops::{Kind, chunks_of, kind, row_len, row_width, train_chunk_of, wide};
 use super::stats::Weight;
 use super::{GROUP, WIDE_GROUP};
 use crate::arch::Simd;
@@ -35,59 +35,15 @@ const BAND: usize = 512;
 /// Additions per f32 chain: rows per register block, and blocks per mid sum.
 const CHAIN: usize = 16;
 
-/// The data of a backward call: `x` and `dy` read, `dx` written (over `dy`, in place).
-pub(crate) trait GradIo {
-    fn x(&self) -> &[f32];
-    fn dy(&self) -> &[f32];
-    /// `(x, dy, dx)`; in place `dy` is empty and is read from `dx` (see [`load_dy`]).
-    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]);
-    /// Whether `dx` is its own buffer (then large outputs stream past the caches).
-    const SPLIT: bool;
-}
-
-/// Out of place.
-pub(crate) struct GradSplit<'a> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
-    pub dx: &'a mut [f32],
-}
-
-/// `dx` over `dy`.
-pub(crate) struct GradInPlace<'a> {
-    pub x: &'a [f32],
-    pub dydx: &'a mut [f32],
-}
-
-impl GradIo for GradSplit<'_> {
-    const SPLIT: bool = true;
-    #[inline(always)]
-    fn x(&self) -> &[f32] {
-        self.x
-    }
-    #[inline(always)]
-    fn dy(&self) -> &[f32] {
-        self.dy
-    }
-    #[inline(always)]
-    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]) {
-        (self.x, self.dy, self.dx)
-    }
-}
-
-impl GradIo for GradInPlace<'_> {
-    const SPLIT: bool = false;
-    #[inline(always)]
-    fn x(&self) -> &[f32] {
-        self.x
-    }
-    #[inline(always)]
-    fn dy(&self) -> &[f32] {
-        self.dydx
-    }
-    #[inline(always)]
-    fn parts(&mut self) -> (&[f32], &[f32], &mut [f32]) {
-        (self.x, &[], self.dydx)
-    }
+/// A backward call's data besides `x`: `dy` and where `dx` goes, or the reduce half's outputs. One
+/// entry point per tier takes all three (a tier compiles the reduction once).
+pub(crate) enum GradData<'a> {
+    /// `dy`, and `dx` into its own buffer (large outputs stream past the caches).
+    Split(&'a [f32], &'a mut [f32]),
+    /// `dx` over `dy`.
+    InPlace(&'a mut [f32]),
+    /// The reduce half: `dy`, and the sums' outputs.
+    Reduce(&'a [f32], ReduceOut<'a>),
 }
 
 /// Gradient sums given by the caller (the element half): per channel `Σdy` and `Σdy·(x − mean)` over
@@ -125,16 +81,13 @@ pub(crate) struct ReduceOut<'a> {
 }
 
 /// Per-channel sums of a chunk in [`Weight`] precision: `Σdy`, `Σdy·(x − mean)`, `Σ(x − mean)`.
-struct Totals<const G: usize> {
-    dy: [Weight; G],
-    dyx: [Weight; G],
-    x: [Weight; G],
+struct Totals<'a> {
+    dy: &'a mut [Weight],
+    dyx: &'a mut [Weight],
+    x: &'a mut [Weight],
 }
 
-impl<const G: usize> Totals<G> {
-    const fn new() -> Self {
-        Totals { dy: [0.0; G], dyx: [0.0; G], x: [0.0; G] }
-    }
+impl Totals<'_> {
     fn clear(&mut self, n: usize) {
         self.dy[..n].fill(0.0);
         self.dyx[..n].fill(0.0);
@@ -142,23 +95,19 @@ impl<const G: usize> Totals<G> {
     }
 }
 
-/// f32 sums of up to [`CHAIN`] blocks per position of a strip (see [`reduce_strip`]).
-struct Mid<const G: usize> {
-    v: [[f32; G]; 3],
+/// f32 sums of up to [`CHAIN`] blocks per position of a strip (see [`reduce_strip`]); a group long.
+struct Mid<'a> {
+    v: [&'a mut [f32]; 3],
     blocks: usize,
     /// The current block's sums, for rows walked in address order ([`reduce_rows`]).
-    blk: [[f32; G]; 3],
+    blk: [&'a mut [f32]; 3],
 }
 
-impl<const G: usize> Mid<G> {
-    const fn new() -> Self {
-        Mid { v: [[0.0; G]; 3], blocks: 0, blk: [[0.0; G]; 3] }
-    }
-
+impl Mid<'_> {
     /// Adds positions `0..w` into the totals and empties them: positions come in periods of `p`, period
     /// `q` holding channels `base + q·b ..` repeated every `b` (`p` a multiple of `b`: position `i` is
     /// total `base + (i / p)·b + i % b`); totals at or past `limit` are padding, dropped.
-    fn flush(&mut self, w: usize, t: &mut Totals<G>, (p, b, base, limit): Map) {
+    fn flush(&mut self, w: usize, t: &mut Totals<'_>, (p, b, base, limit): Map) {
         let mut i0 = 0;
         let mut jb = base;
         while i0 < w {
@@ -178,7 +127,7 @@ impl<const G: usize> Mid<G> {
             i0 += p;
             jb += b;
         }
-        for v in &mut self.v {
+        for v in self.v.iter_mut() {
             v[..w].fill(0.0);
         }
         self.blocks = 0;
@@ -188,19 +137,50 @@ impl<const G: usize> Mid<G> {
 /// How mid positions map to a chunk's totals: `(p, b, base, limit)` (see [`Mid::flush`]).
 type Map = (usize, usize, usize, usize);
 
-/// Per-position coefficients of the element pass: `dx = a·(dy − mdy) + k·(x − m)`, then `& mask`.
-struct Coefs<const G: usize> {
-    a: [f32; G],
-    k: [f32; G],
-    m: [f32; G],
-    mdy: [f32; G],
-    mask: [f32; G],
+/// Per-position coefficients of the element pass: `dx = a·(dy − mdy) + k·(x − m)`, then `& mask`; a
+/// group and a vector long.
+struct Coefs<'a> {
+    a: &'a mut [f32],
+    k: &'a mut [f32],
+    m: &'a mut [f32],
+    mdy: &'a mut [f32],
+    mask: &'a mut [f32],
 }
 
-impl<const G: usize> Coefs<G> {
-    const fn new() -> Self {
-        Coefs { a: [0.0; G], k: [0.0; G], m: [0.0; G], mdy: [0.0; G], mask: [0.0; G] }
+/// The storage of a call's sums and coefficients for groups of `G` channels (`PG = G + 16`: a group's
+/// patterns and a vector more).
+struct Scratch<const G: usize, const PG: usize> {
+    t: [[Weight; G]; 3],
+    mid: [[f32; G]; 6],
+    co: [[f32; PG]; 5],
+    coef: [Coef; G],
+}
+
+impl<const G: usize, const PG: usize> Scratch<G, PG> {
+    fn new() -> Self {
+        Scratch { t: [[0.0; G]; 3], mid: [[0.0; G]; 6], co: [[0.0; PG]; 5], coef: [[0.0; 4]; G] }
     }
+
+    /// The storage as the slices the passes take.
+    fn work(&mut self) -> Work<'_> {
+        let [dy, dyx, x] = &mut self.t;
+        let [v0, v1, v2, b0, b1, b2] = &mut self.mid;
+        let [a, k, m, mdy, mask] = &mut self.co;
+        Work {
+            t: Totals { dy, dyx, x },
+            mid: Mid { v: [v0, v1, v2], blocks: 0, blk: [b0, b1, b2] },
+            co: Coefs { a, k, m, mdy, mask },
+            coef: &mut self.coef,
+        }
+    }
+}
+
+/// A call's sums and coefficients (one group's worth, see [`Scratch`]).
+struct Work<'a> {
+    t: Totals<'a>,
+    mid: Mid<'a>,
+    co: Coefs<'a>,
+    coef: &'a mut [Coef],
 }
 
 /// One channel's coefficients `[a, k, m, mdy]`.
@@ -209,93 +189,91 @@ type Coef = [f32; 4];
 /// The mask of a live lane (all ones).
 const LIVE: f32 = f32::from_bits(u32::MAX);
 
-/// The backward pass (both halves, or the element half from given sums) with tier `s`.
+/// The backward pass with tier `s`: both halves, the element half from given sums (`p.sums`), or the
+/// reduce half (`GradData::Reduce`, which reads only `p.mean`).
 #[inline(always)]
-pub(crate) fn backward_op<S: Simd, IO: GradIo>(
-    s: S,
-    desc: &TensorDesc,
-    io: &mut IO,
-    p: &BackParams<'_>,
-    out: &mut BackOut<'_>,
-) {
-    if wide(desc) {
-        backward::<S, IO, WIDE_GROUP, { WIDE_GROUP + 16 }>(s, desc, io, p, out)
-    } else {
-        backward::<S, IO, GROUP, { GROUP + 16 }>(s, desc, io, p, out)
-    }
-}
-
-/// The reduce half with tier `s`: `Σdy` and `Σdy·(x − mean)` per channel.
-#[inline(always)]
-pub(crate) fn reduce_op<S: Simd>(
+pub(crate) fn backward_op<S: Simd>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
-    dy: &[f32],
-    mean: &[f32],
-    out: &mut ReduceOut<'_>,
-) {
-    if wide(desc) {
-        reduce::<S, WIDE_GROUP>(s, desc, x, dy, mean, out)
-    } else {
-        reduce::<S, GROUP>(s, desc, x, dy, mean, out)
-    }
-}
-
-#[inline(always)]
-fn reduce<S: Simd, const G: usize>(
-    s: S,
-    desc: &TensorDesc,
-    x: &[f32],
-    dy: &[f32],
-    mean: &[f32],
-    out: &mut ReduceOut<'_>,
-) {
-    let mut t = Totals::<G>::new();
-    let mut mid = Mid::<G>::new();
-    let mut pat = [0.0f32; G];
-    for (c0, c1) in chunks::<G>(desc, G) {
-        t.clear(c1 - c0);
-        reduce_range(s, desc, x, dy, mean, c0, c1, &mut t, &mut mid, &mut pat[..]);
-        for j in 0..c1 - c0 {
-            out.sum_dy[c0 + j] = t.dy[j] as f32;
-            out.sum_dy_xmu[c0 + j] = t.dyx[j] as f32;
-        }
-    }
-}
-
-#[inline(always)]
-fn backward<S: Simd, IO: GradIo, const G: usize, const PG: usize>(
-    s: S,
-    desc: &TensorDesc,
-    io: &mut IO,
+    data: GradData<'_>,
     p: &BackParams<'_>,
     out: &mut BackOut<'_>,
 ) {
+    // Storage for groups of the tensor's size: one of the two is initialised, and the passes below are
+    // compiled once for both (as slices).
+    let (mut narrow, mut wide_rows): (
+        Scratch<GROUP, { GROUP + 16 }>,
+        Scratch<WIDE_GROUP, { WIDE_GROUP + 16 }>,
+    );
+    let w = if wide(desc) {
+        wide_rows = Scratch::new();
+        wide_rows.work()
+    } else {
+        narrow = Scratch::new();
+        narrow.work()
+    };
+    backward(s, desc, x, data, p, out, w)
+}
+
+#[inline(always)]
+fn backward<S: Simd>(
+    s: S,
+    desc: &TensorDesc,
+    x: &[f32],
+    mut data: GradData<'_>,
+    p: &BackParams<'_>,
+    out: &mut BackOut<'_>,
+    w: Work<'_>,
+) {
+    let Work { mut t, mut mid, mut co, coef } = w;
+    // Channels per group.
+    let g = coef.len();
     let tn = tuning::get();
-    let stream = IO::SPLIT && desc.len() >= tn.stream_min_bytes / 4;
-    let need_reduce = p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some());
+    let stream = matches!(data, GradData::Split(..)) && desc.len() >= tn.stream_min_bytes / 4;
+    let reduce_only = matches!(data, GradData::Reduce(..));
+    let need_reduce =
+        reduce_only || (p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some()));
     // Chunks of about twice `train_chunk_bytes` of each of x and dy (L2's size together on a 1 MB-L2 Zen
     // 4, the element pass re-reading the rest from the L3 the chunk was just read into): longer runs per
     // sample than training's chunks. Zen 4, AVX-512, 32×2048×7×7 (GB/s, x and dy together 256 KB →
     // 1 MB): nChw16c 18.5 → 21, nChw8c 14 → 21.4, NCHW 12.2 → 17.2; 32×256×56×56 nChw16c unchanged.
-    let step = if need_reduce { train_chunk::<G>(desc, 2 * tn.train_chunk_bytes) } else { G };
-    let mut t = Totals::<G>::new();
-    let mut mid = Mid::<G>::new();
-    // Position patterns of a group's period and a vector more (see `elem_run`).
-    let mut co = Coefs::<PG>::new();
+    // The reduce half alone has no element pass to keep in cache: groups of G channels.
+    let step =
+        if need_reduce && !reduce_only { train_chunk_of(desc, 2 * tn.train_chunk_bytes, g) } else { g };
     let count = p.sums.map_or(desc.shape().count(), |g| g.count);
-    let mut coef = [[0.0f32; 4]; G];
-    for (c0, c1) in chunks::<G>(desc, step) {
+    for (c0, c1) in chunks_of(desc, step, g) {
         let n = c1 - c0;
         if need_reduce {
             t.clear(n);
-            reduce_range(s, desc, io.x(), io.dy(), p.mean, c0, c1, &mut t, &mut mid, &mut co.m[..]);
+            let dy: &[f32] = match &data {
+                GradData::Split(dy, _) | GradData::Reduce(dy, _) => dy,
+                GradData::InPlace(dydx) => dydx,
+            };
+            reduce_range(s, desc, x, dy, p.mean, c0, c1, &mut t, &mut mid, co.m);
+        }
+        if let GradData::Reduce(_, o) = &mut data {
+            for j in 0..n {
+                o.sum_dy[c0 + j] = t.dy[j] as f32;
+                o.sum_dy_xmu[c0 + j] = t.dyx[j] as f32;
+            }
+            continue;
         }
         for (j, cf) in coef[..n].iter_mut().enumerate() {
             *cf = channel_coef(p, c0 + j, &t, j, count, out);
         }
-        elem_range::<S, IO, PG>(s, desc, io, p.batch_stats, c0, c1, &coef[..n], &mut co, stream);
+        let coef = &coef[..n];
+        match &mut data {
+            GradData::Split(dy, dx) => {
+                let mut d = Bufs { x, dy, dx };
+                elem_range::<S, false>(s, desc, &mut d, p.batch_stats, c0, c1, coef, &mut co, stream)
+            }
+            GradData::InPlace(dydx) => {
+                let mut d = Bufs { x, dy: &[], dx: dydx };
+                elem_range::<S, true>(s, desc, &mut d, p.batch_stats, c0, c1, coef, &mut co, false)
+            }
+            GradData::Reduce(..) => {}
+        }
     }
     if stream {
         s.fence();
@@ -305,10 +283,10 @@ fn backward<S: Simd, IO: GradIo, const G: usize, const PG: usize>(
 /// Channel `c`'s element coefficients, and its `dγ`/`dβ` where asked for. The sums come from `p.sums`
 /// when given, else from `t[j]`.
 #[inline(always)]
-fn channel_coef<const G: usize>(
+fn channel_coef(
     p: &BackParams<'_>,
     c: usize,
-    t: &Totals<G>,
+    t: &Totals<'_>,
     j: usize,
     count: usize,
     out: &mut BackOut<'_>,
@@ -342,7 +320,7 @@ fn channel_coef<const G: usize>(
 /// The sums of channels `c0..c1` into `t[0..c1 − c0]`. `pat` is scratch for a mean pattern.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_range<S: Simd, const G: usize>(
+fn reduce_range<S: Simd>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -350,8 +328,8 @@ fn reduce_range<S: Simd, const G: usize>(
     mean: &[f32],
     c0: usize,
     c1: usize,
-    t: &mut Totals<G>,
-    mid: &mut Mid<G>,
+    t: &mut Totals<'_>,
+    mid: &mut Mid<'_>,
     pat: &mut [f32],
 ) {
     let sh = desc.shape();
@@ -388,7 +366,7 @@ fn reduce_range<S: Simd, const G: usize>(
             let p = b.max(S::LANES);
             let len = sh.spatial * b;
             let (rows, rem) = (len / p, len % p);
-            let per = (G / p).max(1);
+            let per = (mid.v[0].len() / p).max(1);
             let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
             let mut g0 = cb0;
             while g0 < cb1 {
@@ -431,7 +409,7 @@ fn reduce_range<S: Simd, const G: usize>(
         }
     }
     if !matches!(kind(desc), Kind::Blocked(_)) {
-        let w = row_width(desc, c0, c1).min(G);
+        let w = row_width(desc, c0, c1).min(mid.v[0].len());
         mid.flush(w, t, (w, w, 0, limit));
     }
 }
@@ -497,14 +475,14 @@ fn reduce_plane<S: Simd>(s: S, x: &[f32], dy: &[f32], m: f32) -> (Weight, Weight
 /// [`CHAIN`] blocks.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_rows<S: Simd, const G: usize>(
+fn reduce_rows<S: Simd>(
     s: S,
     x: &[f32],
     dy: &[f32],
     strip: &Strip,
     m: &[f32],
-    mid: &mut Mid<G>,
-    t: &mut Totals<G>,
+    mid: &mut Mid<'_>,
+    t: &mut Totals<'_>,
     map: Map,
 ) {
     let l = S::LANES;
@@ -576,14 +554,14 @@ fn tree4<S: Simd>(s: S, v: [S::V; 4]) -> f32 {
 /// base, limit)` (see [`Mid::flush`]) before any position's mid sum would exceed [`CHAIN`] blocks.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_strip<S: Simd, const G: usize>(
+fn reduce_strip<S: Simd>(
     s: S,
     x: &[f32],
     dy: &[f32],
     strip: &Strip,
     m: &[f32],
-    mid: &mut Mid<G>,
-    t: &mut Totals<G>,
+    mid: &mut Mid<'_>,
+    t: &mut Totals<'_>,
     map: Map,
 ) {
     let l = S::LANES;
@@ -627,14 +605,14 @@ fn reduce_strip<S: Simd, const G: usize>(
 /// The columns of a strip in register tiles, into the mid sums from position `mcol` (the pattern `m`
 /// read from there too).
 #[inline(always)]
-fn reduce_cols<S: Simd, const G: usize>(
+fn reduce_cols<S: Simd>(
     s: S,
     x: &[f32],
     dy: &[f32],
     strip: &Strip,
     mcol: usize,
     m: &[f32],
-    mid: &mut Mid<G>,
+    mid: &mut Mid<'_>,
 ) {
     let l = S::LANES;
     let w = strip.width;
@@ -644,17 +622,17 @@ fn reduce_cols<S: Simd, const G: usize>(
     // a lone vector deals its rows to four accumulator sets, to hide the additions' latency.
     if S::REGS >= 32 {
         while col + 4 * l <= w {
-            reduce_tile::<S, 4, 1, G>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
+            reduce_tile::<S, 4, 1>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
             col += 4 * l;
         }
     }
     while col + 2 * l <= w {
-        reduce_tile::<S, 2, 1, G>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
+        reduce_tile::<S, 2, 1>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
         col += 2 * l;
     }
     while col < w {
         let last = (w - col).min(l);
-        reduce_tile::<S, 1, 4, G>(s, x, dy, (start, rows, stride), col, mcol, last, m, mid);
+        reduce_tile::<S, 1, 4>(s, x, dy, (start, rows, stride), col, mcol, last, m, mid);
         col += l;
     }
 }
@@ -664,7 +642,7 @@ fn reduce_cols<S: Simd, const G: usize>(
 /// added in a fixed tree) are added into the mid sums.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
+fn reduce_tile<S: Simd, const T: usize, const U: usize>(
     s: S,
     x: &[f32],
     dy: &[f32],
@@ -673,7 +651,7 @@ fn reduce_tile<S: Simd, const T: usize, const U: usize, const G: usize>(
     mcol: usize,
     last: usize,
     m: &[f32],
-    mid: &mut Mid<G>,
+    mid: &mut Mid<'_>,
 ) {
     let l = S::LANES;
     let zero = s.splat(0.0);
@@ -746,66 +724,63 @@ fn add_row<S: Simd, const T: usize, const U: usize>(
     }
 }
 
-/// The element pass over channels `c0..c1` with their coefficients `coef` (`c1 − c0` long); `co` is
-/// scratch for the position patterns.
+/// The element pass over channels `c0..c1` with their coefficients `coef` (`c1 − c0` long), in place
+/// (`IP`: `dy` read from `dx`) or not; `co` is scratch for the position patterns.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn elem_range<S: Simd, IO: GradIo, const G: usize>(
+fn elem_range<S: Simd, const IP: bool>(
     s: S,
     desc: &TensorDesc,
-    io: &mut IO,
+    d: &mut Bufs<'_>,
     train: bool,
     c0: usize,
     c1: usize,
     coef: &[Coef],
-    co: &mut Coefs<G>,
+    co: &mut Coefs<'_>,
     stream: bool,
 ) {
-    match (IO::SPLIT, train) {
-        (true, true) => elem_layout::<S, IO, false, true, G>(s, desc, io, c0, c1, coef, co, stream),
-        (true, false) => elem_layout::<S, IO, false, false, G>(s, desc, io, c0, c1, coef, co, stream),
-        (false, true) => elem_layout::<S, IO, true, true, G>(s, desc, io, c0, c1, coef, co, false),
-        (false, false) => elem_layout::<S, IO, true, false, G>(s, desc, io, c0, c1, coef, co, false),
+    if train {
+        elem_layout::<S, IP, true>(s, desc, d, c0, c1, coef, co, stream)
+    } else {
+        elem_layout::<S, IP, false>(s, desc, d, c0, c1, coef, co, stream)
     }
 }
 
-/// [`elem_range`] for in place (`IP`) or not, training (`TRAIN`) or global statistics.
+/// [`elem_range`] for training (`TRAIN`) or global statistics.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: usize>(
+fn elem_layout<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
     desc: &TensorDesc,
-    io: &mut IO,
+    d: &mut Bufs<'_>,
     c0: usize,
     c1: usize,
     coef: &[Coef],
-    co: &mut Coefs<G>,
+    co: &mut Coefs<'_>,
     stream: bool,
 ) {
     let sh = desc.shape();
-    let (x, dy, dx) = io.parts();
-    let d = Bufs { x, dy, dx };
-    let mut d = d;
     match kind(desc) {
         Kind::Planes => {
             // Each sample's planes of the chunk are one contiguous run.
             for n in 0..sh.n {
                 let at = (n * sh.c + c0) * sh.spatial;
-                elem_planes::<S, IP, TRAIN>(s, &mut d, at, sh.spatial, coef, stream);
+                elem_planes::<S, IP, TRAIN>(s, d, at, sh.spatial, coef, stream);
             }
         }
         Kind::Channels => {
             let w = row_width(desc, c0, c1);
             let rows = sh.n * sh.spatial;
-            if w == row_len(desc) && w + S::LANES <= G {
-                // Whole rows: the tensor is one contiguous run whose channels repeat every `w`.
+            if w == row_len(desc) && w + S::LANES <= co.a.len() {
+                // Whole rows: the tensor is one contiguous run (a single segment) whose channels repeat
+                // every `w`.
                 fill_pattern(co, 0, coef, w + S::LANES, w);
-                let run = Run { start: 0, len: rows * w, p: w, pbase: 0 };
-                elem_run_any::<S, IP, TRAIN, G>(s, &mut d, &run, co, w > c1 - c0, stream);
+                let run = Segs { start: 0, seg: rows * w, count: 1, p: w, ps: w + S::LANES };
+                elem_segs_any::<S, IP, TRAIN>(s, d, &run, co, stream);
             } else {
                 fill_pattern(co, 0, coef, w, w);
                 let strip = Strip { start: c0, rows, stride: row_len(desc), width: w };
-                elem_strip_any::<S, IP, TRAIN, G>(s, &mut d, &strip, co, w > c1 - c0, stream);
+                elem_strip::<S, IP, TRAIN>(s, d, &strip, co, stream);
             }
         }
         Kind::Blocked(b) => {
@@ -815,7 +790,7 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
             // Sample by sample, the planes of as many of the chunk's blocks as the patterns hold (a
             // period and a vector each), in address order.
             let ps = p + S::LANES;
-            let per = (G / ps).max(1);
+            let per = (co.a.len() / ps).max(1);
             let (cb0, cb1) = (c0 / b, c1.div_ceil(b));
             let mut g0 = cb0;
             while g0 < cb1 {
@@ -825,23 +800,11 @@ fn elem_layout<S: Simd, IO: GradIo, const IP: bool, const TRAIN: bool, const G: 
                     let live = (c1 - c0 - first).min(b);
                     fill_pattern(co, (cb - g0) * ps, &coef[first..first + live], ps, b);
                 }
-                // Padding lanes only in the last block of the tensor.
-                let masked = g1 * b > sh.c;
                 for n in 0..sh.n {
                     // The group's planes of sample `n` are one contiguous run: segments of `len` values,
                     // each repeating its block's channels every `b`.
                     let run = Segs { start: (n * blocks + g0) * len, seg: len, count: g1 - g0, p, ps };
-                    let v = p / S::LANES;
-                    match (v, masked) {
-                        (1, false) => elem_segs::<S, IP, TRAIN, false, 1, G>(s, &mut d, &run, co, stream),
-                        (1, true) => elem_segs::<S, IP, TRAIN, true, 1, G>(s, &mut d, &run, co, stream),
-                        (2, false) => elem_segs::<S, IP, TRAIN, false, 2, G>(s, &mut d, &run, co, stream),
-                        (2, true) => elem_segs::<S, IP, TRAIN, true, 2, G>(s, &mut d, &run, co, stream),
-                        (4, false) => elem_segs::<S, IP, TRAIN, false, 4, G>(s, &mut d, &run, co, stream),
-                        (4, true) => elem_segs::<S, IP, TRAIN, true, 4, G>(s, &mut d, &run, co, stream),
-                        (_, false) => elem_segs::<S, IP, TRAIN, false, 0, G>(s, &mut d, &run, co, stream),
-                        (_, true) => elem_segs::<S, IP, TRAIN, true, 0, G>(s, &mut d, &run, co, stream),
-                    }
+                    elem_segs_any::<S, IP, TRAIN>(s, d, &run, co, stream);
                 }
                 g0 = g1;
             }
@@ -860,17 +823,37 @@ struct Segs {
     ps: usize,
 }
 
+/// [`elem_segs`] with the coefficients of periods of one, two or four vectors held in registers, other
+/// periods' loaded per vector (from L1).
+#[inline(always)]
+fn elem_segs_any<S: Simd, const IP: bool, const TRAIN: bool>(
+    s: S,
+    d: &mut Bufs<'_>,
+    g: &Segs,
+    co: &Coefs<'_>,
+    stream: bool,
+) {
+    let l = S::LANES;
+    let v = if g.p.is_multiple_of(l) { g.p / l } else { 0 };
+    match v {
+        1 => elem_segs::<S, IP, TRAIN, 1>(s, d, g, co, stream),
+        2 => elem_segs::<S, IP, TRAIN, 2>(s, d, g, co, stream),
+        4 => elem_segs::<S, IP, TRAIN, 4>(s, d, g, co, stream),
+        _ => elem_segs::<S, IP, TRAIN, 0>(s, d, g, co, stream),
+    }
+}
+
 /// The element pass over a [`Segs`] run (the blocked planes of one sample). Vectors inside a segment
 /// read their coefficients from its patterns at the vector's offset in the period; a vector across
 /// segments blends each segment's result. With `stream`, the values up to a vector-aligned output
 /// address are done first, so every full vector after them streams: whole lines, whatever the planes'
 /// length (nChw4c planes of 49 positions are 784 bytes, not whole lines).
 #[inline(always)]
-fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
+fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const V: usize>(
     s: S,
     d: &mut Bufs<'_>,
     g: &Segs,
-    co: &Coefs<G>,
+    co: &Coefs<'_>,
     stream: bool,
 ) {
     let l = S::LANES;
@@ -885,7 +868,7 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
         if head > 0 {
             let dyv = if IP { s.load_part(&dx[..head], zero) } else { s.load_part(&dy[..head], zero) };
             let xv = if TRAIN { s.load_part(&x[..head], zero) } else { dyv };
-            let v = segs_vector::<S, TRAIN, MASK, G>(s, xv, dyv, g, 0, 0, co);
+            let v = segs_vector::<S, TRAIN>(s, xv, dyv, g, 0, 0, co);
             s.store_part(&mut dx[..head], v);
             i = head;
         }
@@ -908,7 +891,7 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
                 let mut k = 0;
                 while k + V <= inside {
                     for v in 0..V {
-                        elem_vec::<S, IP, TRAIN, MASK>(
+                        elem_vec::<S, IP, TRAIN>(
                             s,
                             (x, dy, &mut *dx),
                             i + (k + v) * l,
@@ -920,23 +903,18 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
                     k += V;
                 }
                 for v in 0..inside - k {
-                    elem_vec::<S, IP, TRAIN, MASK>(
-                        s,
-                        (x, dy, &mut *dx),
-                        i + (k + v) * l,
-                        c[v],
-                        mask[v],
-                        stream,
-                    );
+                    elem_vec::<S, IP, TRAIN>(s, (x, dy, &mut *dx), i + (k + v) * l, c[v], mask[v], stream);
                 }
             } else {
                 let mut oo = o;
                 for k in 0..inside {
                     let (c, mask) = pattern_at(s, co, pb + oo);
-                    elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i + k * l, c, mask, stream);
+                    elem_vec::<S, IP, TRAIN>(s, (x, dy, &mut *dx), i + k * l, c, mask, stream);
                     oo += l;
-                    while oo >= g.p {
-                        oo -= g.p;
+                    if oo >= g.p {
+                        // Periods shorter than a vector (channels-last rows of a few channels) wrap
+                        // more than once.
+                        oo = if oo - g.p < g.p { oo - g.p } else { oo % g.p };
                     }
                 }
             }
@@ -945,7 +923,7 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
         } else {
             let dyv = if IP { s.load(&dx[i..]) } else { s.load(&dy[i..]) };
             let xv = if TRAIN { s.load(&x[i..]) } else { dyv };
-            let v = segs_vector::<S, TRAIN, MASK, G>(s, xv, dyv, g, q, r, co);
+            let v = segs_vector::<S, TRAIN>(s, xv, dyv, g, q, r, co);
             if stream {
                 s.stream(&mut dx[i..], v);
             } else {
@@ -964,7 +942,7 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
         let n = len - i;
         let dyv = if IP { s.load_part(&dx[i..], zero) } else { s.load_part(&dy[i..], zero) };
         let xv = if TRAIN { s.load_part(&x[i..], zero) } else { dyv };
-        let v = segs_vector::<S, TRAIN, MASK, G>(s, xv, dyv, g, q, r, co);
+        let v = segs_vector::<S, TRAIN>(s, xv, dyv, g, q, r, co);
         s.store_part(&mut dx[i..i + n], v);
     }
 }
@@ -973,31 +951,25 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const
 /// coefficients (lanes past the last segment take the last one's).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn segs_vector<S: Simd, const TRAIN: bool, const MASK: bool, const G: usize>(
+fn segs_vector<S: Simd, const TRAIN: bool>(
     s: S,
     xv: S::V,
     dyv: S::V,
     g: &Segs,
     q: usize,
     r: usize,
-    co: &Coefs<G>,
+    co: &Coefs<'_>,
 ) -> S::V {
     let l = S::LANES;
     let (c, mask) = pattern_at(s, co, q * g.ps + r % g.p);
-    let mut v = grad::<S, TRAIN>(s, xv, dyv, c);
-    if MASK {
-        v = s.and(v, mask);
-    }
+    let mut v = s.and(grad::<S, TRAIN>(s, xv, dyv, c), mask);
     let mut k = g.seg - r;
     let mut qq = q;
     while k < l && qq + 1 < g.count {
         qq += 1;
         // Lane k is offset 0 of segment qq: lane 0 is offset −k, i.e. (−k) mod p in its period.
         let (c, mask) = pattern_at(s, co, qq * g.ps + (g.p - k % g.p) % g.p);
-        let mut vj = grad::<S, TRAIN>(s, xv, dyv, c);
-        if MASK {
-            vj = s.and(vj, mask);
-        }
+        let vj = s.and(grad::<S, TRAIN>(s, xv, dyv, c), mask);
         v = s.blend_first(k, v, vj);
         k += g.seg;
     }
@@ -1027,7 +999,7 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
 /// Position `at + i` (`i < w`) of the patterns gets channel `i % period`'s coefficients
 /// (`coef[i % period]`, or zeros and a clear mask past `coef`: padding).
 #[inline(always)]
-fn fill_pattern<const G: usize>(co: &mut Coefs<G>, at: usize, coef: &[Coef], w: usize, period: usize) {
+fn fill_pattern(co: &mut Coefs<'_>, at: usize, coef: &[Coef], w: usize, period: usize) {
     for i in 0..w {
         let [a, k, m, mdy] = coef.get(i % period).copied().unwrap_or([0.0; 4]);
         co.a[at + i] = a;
@@ -1038,131 +1010,11 @@ fn fill_pattern<const G: usize>(co: &mut Coefs<G>, at: usize, coef: &[Coef], w: 
     }
 }
 
-/// A contiguous run of `len` values from `start` whose coefficients repeat every `p` values, their
-/// patterns at `pbase` (filled for `p + LANES` positions).
-#[derive(Clone, Copy)]
-struct Run {
-    start: usize,
-    len: usize,
-    p: usize,
-    pbase: usize,
-}
-
-/// The element pass over a strip: rows of one, two or four full vectors keep their coefficients in
-/// registers; other widths load them per row (from L1).
-#[inline(always)]
-fn elem_strip_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
-    s: S,
-    d: &mut Bufs<'_>,
-    strip: &Strip,
-    co: &Coefs<G>,
-    masked: bool,
-    stream: bool,
-) {
-    let l = S::LANES;
-    match (strip.width, masked) {
-        (w, false) if w == l => elem_rows_reg::<S, IP, TRAIN, false, 1, G>(s, d, strip, co, stream),
-        (w, true) if w == l => elem_rows_reg::<S, IP, TRAIN, true, 1, G>(s, d, strip, co, stream),
-        (w, false) if w == 2 * l => elem_rows_reg::<S, IP, TRAIN, false, 2, G>(s, d, strip, co, stream),
-        (w, true) if w == 2 * l => elem_rows_reg::<S, IP, TRAIN, true, 2, G>(s, d, strip, co, stream),
-        (w, false) if w == 4 * l => elem_rows_reg::<S, IP, TRAIN, false, 4, G>(s, d, strip, co, stream),
-        (w, true) if w == 4 * l => elem_rows_reg::<S, IP, TRAIN, true, 4, G>(s, d, strip, co, stream),
-        (_, false) => elem_strip::<S, IP, TRAIN, false, G>(s, d, strip, co, stream),
-        (_, true) => elem_strip::<S, IP, TRAIN, true, G>(s, d, strip, co, stream),
-    }
-}
-
-/// The element pass over a contiguous run of `len` values from `start` whose coefficients repeat every
-/// `p` values (the patterns filled for `p + LANES` positions, so that a vector's coefficients are one
-/// load at any offset within the period). With `stream`, the
-/// values up to a vector-aligned output address are done first, so that every full vector streams
-/// whatever the buffer's alignment (a `Vec` is usually 16 bytes past a line); the patterns are then read
-/// at the rotated offset. Periods of one, two or four vectors keep their coefficients in registers.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn elem_run_any<S: Simd, const IP: bool, const TRAIN: bool, const G: usize>(
-    s: S,
-    d: &mut Bufs<'_>,
-    run: &Run,
-    co: &Coefs<G>,
-    masked: bool,
-    stream: bool,
-) {
-    let (l, p) = (S::LANES, run.p);
-    let v = if p.is_multiple_of(l) { p / l } else { 0 };
-    match (v, masked) {
-        (1, false) => elem_run::<S, IP, TRAIN, false, 1, G>(s, d, run, co, stream),
-        (1, true) => elem_run::<S, IP, TRAIN, true, 1, G>(s, d, run, co, stream),
-        (2, false) => elem_run::<S, IP, TRAIN, false, 2, G>(s, d, run, co, stream),
-        (2, true) => elem_run::<S, IP, TRAIN, true, 2, G>(s, d, run, co, stream),
-        (4, false) => elem_run::<S, IP, TRAIN, false, 4, G>(s, d, run, co, stream),
-        (4, true) => elem_run::<S, IP, TRAIN, true, 4, G>(s, d, run, co, stream),
-        (_, false) => elem_run::<S, IP, TRAIN, false, 0, G>(s, d, run, co, stream),
-        (_, true) => elem_run::<S, IP, TRAIN, true, 0, G>(s, d, run, co, stream),
-    }
-}
-
 /// The coefficients (and mask) of the `LANES` positions from pattern offset `o`.
 #[inline(always)]
-fn pattern_at<S: Simd, const G: usize>(s: S, co: &Coefs<G>, o: usize) -> ([S::V; 4], S::V) {
+fn pattern_at<S: Simd>(s: S, co: &Coefs<'_>, o: usize) -> ([S::V; 4], S::V) {
     let c = [s.load(&co.a[o..]), s.load(&co.k[o..]), s.load(&co.m[o..]), s.load(&co.mdy[o..])];
     (c, s.load(&co.mask[o..]))
-}
-
-/// [`elem_run_any`] with `V` vectors per period held in registers (`V = 0`: loaded per vector).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn elem_run<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const V: usize, const G: usize>(
-    s: S,
-    d: &mut Bufs<'_>,
-    run: &Run,
-    co: &Coefs<G>,
-    stream: bool,
-) {
-    let l = S::LANES;
-    let Run { start, len, p, pbase } = *run;
-    let x = if TRAIN { &d.x[start..start + len] } else { d.x };
-    let dy = if IP { d.dy } else { &d.dy[start..start + len] };
-    let dx = &mut d.dx[start..start + len];
-    let mut i = 0;
-    if stream {
-        let head = ((l - (dx.as_ptr() as usize / 4) % l) % l).min(len);
-        if head > 0 {
-            let (c, mask) = pattern_at(s, co, pbase);
-            elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), 0, head, c, mask);
-            i = head;
-        }
-    }
-    // The pattern offset of position `i`.
-    let mut o = i % p;
-    if V > 0 {
-        let mut c = [[s.splat(0.0); 4]; V];
-        let mut mask = [s.splat(0.0); V];
-        for v in 0..V {
-            (c[v], mask[v]) = pattern_at(s, co, pbase + (o + v * l) % p);
-        }
-        while i + V * l <= len {
-            for v in 0..V {
-                elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i + v * l, c[v], mask[v], stream);
-            }
-            i += V * l;
-        }
-    }
-    while i + l <= len {
-        let (c, mask) = pattern_at(s, co, pbase + o);
-        elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, c, mask, stream);
-        i += l;
-        o = if p >= l {
-            if o + l >= p { o + l - p } else { o + l }
-        } else {
-            // Periods shorter than a vector (NHWC with a few channels).
-            (o + l) % p
-        };
-    }
-    if i < len {
-        let (c, mask) = pattern_at(s, co, pbase + o);
-        elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), i, len - i, c, mask);
-    }
 }
 
 /// `dx` of one vector: `a·(dy − mdy) + k·(x − m)` in training mode, `a·dy` with global statistics.
@@ -1171,9 +1023,9 @@ fn grad<S: Simd, const TRAIN: bool>(s: S, x: S::V, dy: S::V, c: [S::V; 4]) -> S:
     if TRAIN { s.mul_add(c[1], s.sub(x, c[2]), s.mul(c[0], s.sub(dy, c[3]))) } else { s.mul(c[0], dy) }
 }
 
-/// One full vector of `dx` at `i` with coefficients `c` (and lane mask `mask` with `MASK`).
+/// One full vector of `dx` at `i` with coefficients `c`, and lane mask `mask` (padding lanes 0).
 #[inline(always)]
-fn elem_vec<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
+fn elem_vec<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
     (x, dy, dx): (&[f32], &[f32], &mut [f32]),
     i: usize,
@@ -1183,16 +1035,13 @@ fn elem_vec<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
 ) {
     let dyv = load_dy::<S, IP>(s, dy, dx, i);
     let xv = if TRAIN { s.load(&x[i..]) } else { dyv };
-    let mut v = grad::<S, TRAIN>(s, xv, dyv, c);
-    if MASK {
-        v = s.and(v, mask);
-    }
+    let v = s.and(grad::<S, TRAIN>(s, xv, dyv, c), mask);
     if stream { s.stream(&mut dx[i..], v) } else { s.store(&mut dx[i..], v) }
 }
 
 /// `n < LANES` values of `dx` at `i`.
 #[inline(always)]
-fn elem_part<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
+fn elem_part<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
     (x, dy, dx): (&[f32], &[f32], &mut [f32]),
     i: usize,
@@ -1202,58 +1051,17 @@ fn elem_part<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool>(
 ) {
     let dyv = load_dy_part::<S, IP>(s, dy, dx, i, n);
     let xv = if TRAIN { s.load_part(&x[i..i + n], s.splat(0.0)) } else { dyv };
-    let mut v = grad::<S, TRAIN>(s, xv, dyv, c);
-    if MASK {
-        v = s.and(v, mask);
-    }
+    let v = s.and(grad::<S, TRAIN>(s, xv, dyv, c), mask);
     s.store_part(&mut dx[i..i + n], v);
-}
-
-/// Rows of exactly `V` full vectors, coefficients held in registers.
-#[inline(always)]
-fn elem_rows_reg<
-    S: Simd,
-    const IP: bool,
-    const TRAIN: bool,
-    const MASK: bool,
-    const V: usize,
-    const G: usize,
->(
-    s: S,
-    d: &mut Bufs<'_>,
-    strip: &Strip,
-    co: &Coefs<G>,
-    stream: bool,
-) {
-    let l = S::LANES;
-    let mut c = [[s.splat(0.0); 4]; V];
-    let mut mask = [s.splat(0.0); V];
-    for v in 0..V {
-        let j = v * l;
-        c[v] = [s.load(&co.a[j..]), s.load(&co.k[j..]), s.load(&co.m[j..]), s.load(&co.mdy[j..])];
-        mask[v] = s.load(&co.mask[j..]);
-    }
-    let (x, dy, dx) = (d.x, d.dy, &mut *d.dx);
-    let w = V * l;
-    for r in 0..strip.rows {
-        let at = strip.start + r * strip.stride;
-        // One row's slices (one bounds check each per row; `dy` is empty in place).
-        let xr = if TRAIN { &x[at..at + w] } else { x };
-        let dyr = if IP { dy } else { &dy[at..at + w] };
-        let dxr = &mut dx[at..at + w];
-        for v in 0..V {
-            elem_vec::<S, IP, TRAIN, MASK>(s, (xr, dyr, dxr), v * l, c[v], mask[v], stream);
-        }
-    }
 }
 
 /// The element pass over a strip of any width, coefficients from the patterns (loaded per row: L1).
 #[inline(always)]
-fn elem_strip<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, const G: usize>(
+fn elem_strip<S: Simd, const IP: bool, const TRAIN: bool>(
     s: S,
     d: &mut Bufs<'_>,
     strip: &Strip,
-    co: &Coefs<G>,
+    co: &Coefs<'_>,
     stream: bool,
 ) {
     let l = S::LANES;
@@ -1266,11 +1074,11 @@ fn elem_strip<S: Simd, const IP: bool, const TRAIN: bool, const MASK: bool, cons
             let n = (w - j).min(l);
             // Pattern arrays are G long, G a multiple of LANES and w ≤ G: full loads are in bounds.
             let c = [s.load(&co.a[j..]), s.load(&co.k[j..]), s.load(&co.m[j..]), s.load(&co.mdy[j..])];
-            let mask = if MASK { s.load(&co.mask[j..]) } else { c[0] };
+            let mask = s.load(&co.mask[j..]);
             if n == l {
-                elem_vec::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), at + j, c, mask, stream);
+                elem_vec::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at + j, c, mask, stream);
             } else {
-                elem_part::<S, IP, TRAIN, MASK>(s, (x, dy, &mut *dx), at + j, n, c, mask);
+                elem_part::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at + j, n, c, mask);
             }
             j += n;
         }

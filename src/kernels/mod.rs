@@ -3,7 +3,7 @@
 //!
 //! - `stats`: one-read-pass per-channel statistics (shifted block sums merged with Chan's formula).
 //! - `normalize`: the centred normalise-affine pass `y = (x − m)·scale + shift`.
-//! - `backward`: the backward pass's gradient sums and element pass (`backward_op`, `reduce_op`).
+//! - `backward`: the backward pass's gradient sums and element pass (`backward_op`).
 //! - `ops`: the per-layout drivers behind every public operation: `moments_op`, `training_op` and
 //!   `normalize_op`, which each tier instantiates in its own entry points (`crate::arch`).
 

@@ -64,21 +64,14 @@ pub(crate) enum Call<'a> {
         data: Data<'a>,
         params: ParamSrc<'a>,
     },
-    /// The backward pass (`data` is `(dy, dx)`, or `dy` overwritten by `dx`).
+    /// The backward pass, its element half (`params.sums` given) or its reduce half
+    /// (`GradData::Reduce`).
     Backward {
         desc: &'a TensorDesc,
         x: &'a [f32],
-        data: Data<'a>,
+        data: super::backward::GradData<'a>,
         params: super::backward::BackParams<'a>,
         out: super::backward::BackOut<'a>,
-    },
-    /// The backward pass's reduce half.
-    BackwardReduce {
-        desc: &'a TensorDesc,
-        x: &'a [f32],
-        dy: &'a [f32],
-        mean: &'a [f32],
-        out: super::backward::ReduceOut<'a>,
     },
     /// The streaming-limit reference passes (see `kernels::limit`).
     ReadPass {
@@ -187,10 +180,16 @@ pub(super) fn kind(desc: &TensorDesc) -> Kind {
 /// layouts).
 #[inline(always)]
 pub(super) fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    chunks_of(desc, max, G)
+}
+
+/// [`chunks`] with the group size `g` a value.
+#[inline(always)]
+pub(super) fn chunks_of(desc: &TensorDesc, max: usize, g: usize) -> impl Iterator<Item = (usize, usize)> {
     let c = desc.shape().c;
     let step = match kind(desc) {
-        Kind::Blocked(b) => (max.min(G) / b).max(1) * b,
-        _ => max.clamp(1, G),
+        Kind::Blocked(b) => (max.min(g) / b).max(1) * b,
+        _ => max.clamp(1, g),
     };
     (0..c.div_ceil(step)).map(move |i| (i * step, ((i + 1) * step).min(c)))
 }
@@ -199,12 +198,18 @@ pub(super) fn chunks<const G: usize>(desc: &TensorDesc, max: usize) -> impl Iter
 /// in channels-last memory (narrower strided reads waste bandwidth).
 #[inline(always)]
 pub(super) fn train_chunk<const G: usize>(desc: &TensorDesc, chunk_bytes: usize) -> usize {
+    train_chunk_of(desc, chunk_bytes, G)
+}
+
+/// [`train_chunk`] with the group size `g` a value.
+#[inline(always)]
+pub(super) fn train_chunk_of(desc: &TensorDesc, chunk_bytes: usize, g: usize) -> usize {
     let per_channel = desc.shape().count().saturating_mul(4).max(1);
     let fit = chunk_bytes / per_channel;
     match kind(desc) {
         // Channel chunks of channels-last rows would be strided reads of a few lines per row: process
         // whole rows (groups of G channels) instead, re-reading x from the outer caches.
-        Kind::Channels => G,
+        Kind::Channels => g,
         _ => fit.max(1),
     }
 }
