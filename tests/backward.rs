@@ -45,7 +45,7 @@ fn case() -> impl Strategy<Value = BackCase> {
         shape(),
         0..LAYOUTS.len(),
         any::<u64>(),
-        prop::sample::select(vec![1.0, 1e2, 1e4]),
+        prop::sample::select(vec![1.0, 1e2, 1e4, 1e6]),
         any::<bool>(),
         any::<bool>(),
         0..17usize,

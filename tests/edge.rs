@@ -52,8 +52,11 @@ fn offset_errors(k: &Kernels, ratio: f64) -> (f64, f64, f64) {
                 for s in 0..shape.spatial {
                     let i = oracle::offset(shape, layout, n, c, s);
                     let want = norm.apply(c, case.x[i] as f64);
+                    // Relative to the output's own terms and the statistics' resolution,
+                    // |γ|(|x − μ| + σ)/σ' + |β| (the mean's sums round at a fraction of U·σ): the training
+                    // pass subtracts the mean as a pair, so |μ| is not in it (issue 12, item 5).
                     let scale =
-                        norm.gamma[c].abs() * ((case.x[i] as f64 - mu).abs() + mu.abs()) * norm.inv_std(c)
+                        norm.gamma[c].abs() * ((case.x[i] as f64 - mu).abs() + var.sqrt()) * norm.inv_std(c)
                             + norm.beta[c].abs();
                     worst.2 = worst.2.max((y[i] as f64 - want).abs() / (U * scale.max(f64::MIN_POSITIVE)));
                 }

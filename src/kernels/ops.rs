@@ -13,7 +13,7 @@ use super::normalize::{
     PBUF_BLOCK, Params, Periodic, PlaneSegs, RefSegs, RowParams, fill_scale, normalize_run,
     overflowed_output, reduced_scale,
 };
-use super::stats::{PlaneStats, contiguous_moments};
+use super::stats::{PlaneStats, Weight, contiguous_moments};
 use super::{GROUP, Io, Prefetch, Rows, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
@@ -113,10 +113,7 @@ pub(crate) fn training_op<S: Simd, I: Io>(
     out_of_place: bool,
 ) {
     if S::COMPACT {
-        // The statistics pass, then the compact normalise pass over the whole tensor.
-        moments_op(s, desc, io.input(), mean, var);
-        let (gamma, beta, eps) = affine;
-        super::compact::normalize(desc, io, ParamSrc::Stats { mean, var, gamma, beta, eps });
+        super::compact::training(desc, io, affine, mean, var);
         return;
     }
     if wide(desc) {
@@ -249,8 +246,10 @@ fn moments<S: Simd, const G: usize, const CH: bool>(
     mean: &mut [f32],
     var: &mut [f32],
 ) {
+    let mut lo = [0.0f32; G];
     for (c0, c1) in chunks::<G>(desc, G) {
-        moments_range::<S, G, CH>(s, desc, x, c0, c1, &mut mean[c0..c1], &mut var[c0..c1]);
+        let lo = &mut lo[..c1 - c0];
+        moments_range::<S, G, CH>(s, desc, x, c0, c1, &mut mean[c0..c1], lo, &mut var[c0..c1]);
     }
 }
 
@@ -267,17 +266,19 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     let t = tuning::get();
     let stream = out_of_place && desc.len() >= t.stream_min_bytes / 4;
     let mut scratch = [0.0f32; G];
+    let (mut lo, mut shift) = ([0.0f32; G], [0.0f32; G]);
     let step = train_chunk::<G>(desc, t.train_chunk_bytes);
     // Seven eighths of L2 (the rest for parameters, statistics and set conflicts), or two chunks.
     let pair = (2 * t.train_chunk_bytes).max(t.l2_bytes / 8 * 7);
     let mut parts = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = parts.next() {
-        let (m, v) = (&mut mean[c0..c1], &mut var[c0..c1]);
-        moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, v);
+        let (m, v, lo) = (&mut mean[c0..c1], &mut var[c0..c1], &mut lo[..c1 - c0]);
+        moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, lo, v);
         let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
         fill_scale(s, v, g, eps, &mut scratch);
         let sc = &scratch[..c1 - c0];
-        let p = Params { mean: Some(m), scale: sc, shift: b, fixup: overflowed(sc) };
+        let shift = shift_past_mean(b, lo, sc, &mut shift[..c1 - c0]);
+        let p = Params { mean: Some(m), scale: sc, shift: Some(shift), fixup: overflowed(sc) };
         // While this chunk is normalised (its x from cache), the next chunk's x is fetched, when both
         // fit in L2 together (a larger pair would evict the chunk being read). That is a test of the
         // pair, not of the chunk size: a single channel of more than a chunk (NCHW 32×256×56×56, 401 KB
@@ -299,6 +300,31 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     }
     if stream {
         s.fence();
+    }
+}
+
+/// Training's shifts `β − lo·scale` into `out` (`lo` the part of each batch mean below its f32 rounding
+/// `m`, see `Summary::finish_split`): the pass then computes `(x − m)·scale + β − lo·scale`, that is
+/// `(x − (m + lo))·scale + β`, the subtraction exact where x is near the mean (Sterbenz) and the shift
+/// rounded once from a value of the order of `β` — so the output does not carry the mean's rounding,
+/// `U·|mean|·scale`, which dominated it at large offsets (issue 12, item 5). Channels with `lo = 0` or an
+/// overflowed scale keep `β` exactly.
+#[inline(always)]
+fn shift_past_mean<'a>(beta: Option<&[f32]>, lo: &[f32], scale: &[f32], out: &'a mut [f32]) -> &'a [f32] {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = shift_past_mean_one(beta.map_or(0.0, |b| b[j]), lo[j], scale[j]);
+    }
+    out
+}
+
+/// One channel's [`shift_past_mean`]: `β − lo·scale`, or `β` where `lo = 0` or the scale overflowed.
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on bare-metal 32-bit targets
+#[inline(always)]
+pub(super) fn shift_past_mean_one(beta: f32, lo: f32, scale: f32) -> f32 {
+    if lo == 0.0 || !scale.is_finite() {
+        beta
+    } else {
+        (beta as Weight - lo as Weight * scale as Weight) as f32
     }
 }
 
@@ -344,7 +370,9 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
 }
 
 /// Mean and population variance of channels `c0..c1` (at most GROUP; whole blocks for blocked layouts,
-/// but for the last) into `mean`/`var` (`c1 - c0` long).
+/// but for the last) into `mean`/`lo`/`var` (`c1 - c0` long; `lo` is what the mean's rounding dropped,
+/// see `Summary::finish_split`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn moments_range<S: Simd, const G: usize, const CH: bool>(
     s: S,
@@ -353,17 +381,20 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
     c0: usize,
     c1: usize,
     mean: &mut [f32],
+    lo: &mut [f32],
     var: &mut [f32],
 ) {
     let sh = desc.shape();
     if CH {
         // Channels-last only (`CH` instantiations are never called with other memory): no code for the
         // other layouts in this instantiation.
-        contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var);
+        contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, lo, var);
         return;
     }
     match kind(desc) {
-        Kind::Channels => contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, var),
+        Kind::Channels => {
+            contiguous_moments::<S, G>(s, x, &channel_rows(desc, c0, c1), c1 - c0, mean, lo, var)
+        }
         Kind::Planes => {
             for c in c0..c1 {
                 let stride = sh.c * sh.spatial;
@@ -372,14 +403,22 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
                     let at = (n * sh.c + c) * sh.spatial;
                     st.add_plane(s, &x[at..at + sh.spatial]);
                 }
-                (mean[c - c0], var[c - c0]) = st.finish(s);
+                (mean[c - c0], lo[c - c0], var[c - c0]) = st.finish(s);
             }
         }
         Kind::Blocked(b) => {
             for cb in c0 / b..c1.div_ceil(b) {
                 let (j0, j1) = (cb * b - c0, (cb * b + b).min(c1) - c0);
                 let rows = block_rows(desc, b, cb);
-                contiguous_moments::<S, 16>(s, x, &rows, j1 - j0, &mut mean[j0..j1], &mut var[j0..j1]);
+                contiguous_moments::<S, 16>(
+                    s,
+                    x,
+                    &rows,
+                    j1 - j0,
+                    &mut mean[j0..j1],
+                    &mut lo[j0..j1],
+                    &mut var[j0..j1],
+                );
             }
         }
     }

@@ -166,10 +166,17 @@ impl Summary {
         }
     }
 
-    /// `(mean, population variance)`.
+    /// `(mean, lo, population variance)`: `mean` is `k0 + m` rounded to f32, and `lo` the rest of
+    /// `k0 + m` that its rounding dropped (`mean + lo == k0 + m` exactly, TwoSum). The normalise pass
+    /// of training subtracts both, so its output does not carry the mean's rounding (`U·|mean|`, which
+    /// is `U·10⁴·σ` at an offset of 10⁴ σ) but only `m`'s (of the order of `U·σ`).
     #[inline(always)]
-    pub(crate) fn finish(self) -> (f32, f32) {
-        (self.k0 + self.m, variance(self.m2, self.count))
+    pub(crate) fn finish_split(self) -> (f32, f32, f32) {
+        let (a, b) = (self.k0, self.m);
+        let hi = a + b;
+        let bb = hi - a;
+        let lo = (a - (hi - bb)) + (b - bb);
+        (hi, lo, variance(self.m2, self.count))
     }
 }
 
@@ -654,7 +661,7 @@ fn sum_tree<S: Simd, const U: usize>(s: S, a: &[S::V; U]) -> S::V {
 }
 
 /// Statistics of rows of `width` contiguous channels (`rows.inner_stride == width`) whose first `valid`
-/// lanes are real, written to `mean`/`var` (`valid` long).
+/// lanes are real, written to `mean`/`lo`/`var` (`valid` long; see [`Summary::finish_split`]).
 ///
 /// When `width` divides the vector width, consecutive rows are packed into full vectors (lane `i` holds
 /// channel `i % width`), the rows that do not fill a vector are accumulated apart, and the lanes of each
@@ -666,6 +673,7 @@ pub(crate) fn contiguous_moments<S: Simd, const N: usize>(
     rows: &Rows,
     valid: usize,
     mean: &mut [f32],
+    lo: &mut [f32],
     var: &mut [f32],
 ) {
     let l = S::LANES;
@@ -675,7 +683,7 @@ pub(crate) fn contiguous_moments<S: Simd, const N: usize>(
         rows_moments(s, x, rows, &mut st);
         st.close(s, w);
         for j in 0..valid {
-            (mean[j], var[j]) = st.lane(j).finish();
+            (mean[j], lo[j], var[j]) = st.lane(j).finish_split();
         }
         return;
     }
@@ -707,7 +715,7 @@ pub(crate) fn contiguous_moments<S: Simd, const N: usize>(
             width /= 2;
         }
         let total = if tail_rows.inner > 0 { lanes[0].merge(tail.lane(j)) } else { lanes[0] };
-        (mean[j], var[j]) = total.finish();
+        (mean[j], lo[j], var[j]) = total.finish_split();
     }
 }
 
@@ -818,12 +826,12 @@ impl<S: Simd> PlaneStats<S> {
         }
     }
 
-    /// `(mean, population variance)`.
+    /// `(mean, lo, population variance)` (see [`Summary::finish_split`]).
     #[inline(always)]
-    pub(crate) fn finish(&mut self, s: S) -> (f32, f32) {
+    pub(crate) fn finish(&mut self, s: S) -> (f32, f32, f32) {
         self.end_block(s);
         self.flush();
-        Summary { k0: self.k0, m: self.total.0, m2: self.total.1, count: self.total.2 }.finish()
+        Summary { k0: self.k0, m: self.total.0, m2: self.total.1, count: self.total.2 }.finish_split()
     }
 }
 
