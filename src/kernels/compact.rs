@@ -82,9 +82,10 @@ impl Channel {
 /// Channels `c0..c0 + real` at `count` positions `step` apart, the first position at `base`; a position
 /// holds `width` channels, `real` of them real and the rest padding (set to +0.0). Groups of four channels with plain parameters go through
 /// [`Io::affine_groups4`] (contiguous quadruples, the twelve parameters in registers); the rest — fewer
-/// than four left, an overflowed scale among them, padding — channel by channel.
+/// than four left, an overflowed scale among them, padding — channel by channel. Not inlined: the
+/// normalise pass and training share one copy per buffer kind (flash matters on these targets).
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline(never)]
 fn channel_groups<I: Io>(
     io: &mut I,
     of: &dyn Fn(usize) -> Channel,
@@ -340,9 +341,19 @@ impl<const G: usize, const R: usize> GroupAcc<G, R> {
     }
 }
 
+/// One channel's `(mean, lo, population variance)` (see `Summary::finish_split`).
+#[inline(never)]
+fn channel_stats(x: &[f32], w: &Walk) -> (f32, f32, f32) {
+    let [st] = GroupAcc::<1, 4>::of(x, w);
+    st
+}
+
 /// Channels `c0..c0 + real` whose walks start at `w.first`, `w.first + 1`, …: four at a time, then
 /// one by one; `lo[j]` is channel `c0 + j`'s (see `Summary::finish_split`), where `lo` is that long.
-#[inline(always)]
+/// Not inlined, like [`channel_stats`]: `moments` and both trainings (out of place and in place) share
+/// one copy of the statistics loops (inlined in each, they doubled the flash of a firmware calling
+/// every operation on the Cortex-M4F, 43 → 87 KB).
+#[inline(never)]
 fn moments_of_groups(
     x: &[f32],
     c0: usize,
@@ -364,7 +375,7 @@ fn moments_of_groups(
         j += 4;
     }
     while j < real {
-        let [(m, l, v)] = GroupAcc::<1, 4>::of(x, &Walk { first: w.first + j, ..w });
+        let (m, l, v) = channel_stats(x, &Walk { first: w.first + j, ..w });
         (mean[c0 + j], var[c0 + j]) = (m, v);
         if let Some(o) = lo.get_mut(j) {
             *o = l;
@@ -384,7 +395,7 @@ pub(crate) fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut 
         Layout::Nchw => {
             for ch in 0..c {
                 let w = Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 };
-                let [(m, _, v)] = GroupAcc::<1, 4>::of(x, &w);
+                let (m, _, v) = channel_stats(x, &w);
                 (mean[ch], var[ch]) = (m, v);
             }
         }
@@ -426,7 +437,7 @@ pub(crate) fn training<I: Io>(
         Layout::Nchw => {
             for ch in 0..c {
                 let w = Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 };
-                let [(m, lo, v)] = GroupAcc::<1, 4>::of(io.input(), &w);
+                let (m, lo, v) = channel_stats(io.input(), &w);
                 (mean[ch], var[ch]) = (m, v);
                 let p = Channel::train(aff, ch, m, lo, v);
                 for b in 0..n {
