@@ -165,6 +165,24 @@ struct Walk {
     step: usize,
 }
 
+impl Walk {
+    /// NCHW channel `ch` of an `n × c × s` tensor: its `n` planes.
+    fn plane(n: usize, c: usize, s: usize, ch: usize) -> Walk {
+        Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 }
+    }
+
+    /// Channels-last channel `ch`: one run of the `rows` positions, `c` apart.
+    fn rows(rows: usize, c: usize, ch: usize) -> Walk {
+        Walk { first: ch, runs: 1, run_step: 0, len: rows, step: c }
+    }
+
+    /// The first channel of block `cb` (of `blocks` of `block` channels): one run per sample of `s`
+    /// positions, `block` apart.
+    fn block(n: usize, s: usize, block: usize, blocks: usize, cb: usize) -> Walk {
+        Walk { first: cb * s * block, runs: n, run_step: blocks * s * block, len: s, step: block }
+    }
+}
+
 /// A block's sums `Σ(x − k)` and `Σ(x − k)²`, per chain and channel.
 type Sums<const G: usize, const R: usize> = ([[f32; G]; R], [[f32; G]; R]);
 
@@ -394,26 +412,18 @@ pub(crate) fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut 
     match desc.layout() {
         Layout::Nchw => {
             for ch in 0..c {
-                let w = Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 };
-                let (m, _, v) = channel_stats(x, &w);
+                let (m, _, v) = channel_stats(x, &Walk::plane(n, c, s, ch));
                 (mean[ch], var[ch]) = (m, v);
             }
         }
         Layout::Nhwc => {
-            let w = Walk { first: 0, runs: 1, run_step: 0, len: n * s, step: c };
-            moments_of_groups(x, 0, c, w, mean, var, &mut []);
+            moments_of_groups(x, 0, c, Walk::rows(n * s, c, 0), mean, var, &mut []);
         }
         Layout::Blocked { block } => {
             let blocks = c.div_ceil(block);
             for cb in 0..blocks {
                 let real = (c - cb * block).min(block);
-                let w = Walk {
-                    first: cb * s * block,
-                    runs: n,
-                    run_step: blocks * s * block,
-                    len: s,
-                    step: block,
-                };
+                let w = Walk::block(n, s, block, blocks, cb);
                 moments_of_groups(x, cb * block, real, w, mean, var, &mut []);
             }
         }
@@ -436,8 +446,7 @@ pub(crate) fn training<I: Io>(
     match desc.layout() {
         Layout::Nchw => {
             for ch in 0..c {
-                let w = Walk { first: ch * s, runs: n, run_step: c * s, len: s, step: 1 };
-                let (m, lo, v) = channel_stats(io.input(), &w);
+                let (m, lo, v) = channel_stats(io.input(), &Walk::plane(n, c, s, ch));
                 (mean[ch], var[ch]) = (m, v);
                 let p = Channel::train(aff, ch, m, lo, v);
                 for b in 0..n {
@@ -450,8 +459,7 @@ pub(crate) fn training<I: Io>(
             while j < c {
                 let k = if j + 4 <= c { 4 } else { 1 };
                 let mut lo = [0.0f32; 4];
-                let w = Walk { first: j, runs: 1, run_step: 0, len: n * s, step: c };
-                moments_of_groups(io.input(), j, k, w, mean, var, &mut lo);
+                moments_of_groups(io.input(), j, k, Walk::rows(n * s, c, j), mean, var, &mut lo);
                 let (m, v) = (&*mean, &*var);
                 let of = |ch: usize| Channel::train(aff, ch, m[ch], lo[ch - j], v[ch]);
                 channel_groups(io, &of, j, k, k, c, n * s, j);
@@ -462,13 +470,7 @@ pub(crate) fn training<I: Io>(
             let blocks = c.div_ceil(block);
             for cb in 0..blocks {
                 let real = (c - cb * block).min(block);
-                let w = Walk {
-                    first: cb * s * block,
-                    runs: n,
-                    run_step: blocks * s * block,
-                    len: s,
-                    step: block,
-                };
+                let w = Walk::block(n, s, block, blocks, cb);
                 let mut lo = [0.0f32; 16];
                 moments_of_groups(io.input(), cb * block, real, w, mean, var, &mut lo);
                 let (m, v, c0) = (&*mean, &*var, cb * block);
