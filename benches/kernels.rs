@@ -3,10 +3,11 @@
 //!
 //! Groups are named `{op}/{shape}/{layout}` and entries `{isa}`, so `cargo bench -- train/r50-s2` compares
 //! the tiers on one problem and `cargo bench -- avx512` selects one tier. Throughput counts 2 × tensor
-//! bytes (x read once, y written once; `moments` 1 ×), as `shared/peers/` does. Data starts at odd element
+//! bytes (x read once, y written once; `moments` 1 ×; the backward ops and add+ReLU 3 ×, ReLU's backward
+//! 4 ×), as `shared/peers/` does. The `*_relu` and `*_addrelu` groups are the fused epilogues. Data starts at odd element
 //! offsets so that alignment does not flatter the results.
 
-use bnorm::{Affine, Isa, Kernels, Layout, Shape, TensorDesc};
+use bnorm::{Affine, Epilogue, Isa, Kernels, Layout, Shape, TensorDesc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use std::time::Duration;
 
@@ -104,20 +105,29 @@ fn benches(cr: &mut Criterion) {
                 "channel_affine",
                 "backward",
                 "backward_global",
+                "forward_training_relu",
+                "forward_inference_relu",
+                "forward_training_addrelu",
+                "forward_inference_addrelu",
+                "channel_affine_relu",
+                "backward_relu",
             ] {
                 let mut g = cr.benchmark_group(format!("{op}/{name}/{lname}"));
                 let big = tensor_bytes > 20_000_000;
                 g.sample_size(10)
                     .warm_up_time(Duration::from_millis(300))
                     .measurement_time(Duration::from_millis(if big { 2000 } else { 800 }));
-                // Bytes each call must move: the backward ops read x and dy and write dx.
+                // Bytes each call must move: the backward ops read x and dy and write dx (and read the
+                // forward output y for ReLU's mask); add+ReLU reads the residual z too.
                 g.throughput(Throughput::Bytes(match op {
                     "moments" => tensor_bytes,
                     "backward" | "backward_global" => 3 * tensor_bytes,
+                    "backward_relu" => 4 * tensor_bytes,
+                    o if o.ends_with("addrelu") => 3 * tensor_bytes,
                     _ => 2 * tensor_bytes,
                 }));
                 let y = &mut ybuf[2..2 + len];
-                if !op.starts_with("backward") {
+                if !op.starts_with("backward") && !op.ends_with("relu") {
                     g.bench_function(BenchmarkId::from_parameter("naive"), |b| match op {
                         "moments" => b.iter(|| naive_moments(&d, x, &mut mean, &mut var)),
                         "forward_training" => b.iter(|| {
@@ -141,6 +151,41 @@ fn benches(cr: &mut Criterion) {
                             b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap())
                         }
                         "channel_affine" => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
+                        "forward_training_relu" | "forward_training_addrelu" => {
+                            let e =
+                                if op.ends_with("addrelu") { Epilogue::AddRelu(dy) } else { Epilogue::Relu };
+                            b.iter(|| {
+                                k.forward_training_with(&d, x, y, &aff, &mut mean, &mut var, e).unwrap()
+                            })
+                        }
+                        "forward_inference_relu" | "forward_inference_addrelu" => {
+                            let e =
+                                if op.ends_with("addrelu") { Epilogue::AddRelu(dy) } else { Epilogue::Relu };
+                            b.iter(|| k.forward_inference_with(&d, x, y, &aff, &mean, &var, e).unwrap())
+                        }
+                        "channel_affine_relu" => {
+                            b.iter(|| k.channel_affine_with(&d, x, y, &gamma, &beta, Epilogue::Relu).unwrap())
+                        }
+                        "backward_relu" => {
+                            // The mask: a ReLU forward output (about half of it zero).
+                            let mut fwd = vec![0.0f32; len];
+                            k.forward_training_with(
+                                &d,
+                                x,
+                                &mut fwd,
+                                &aff,
+                                &mut mean,
+                                &mut var,
+                                Epilogue::Relu,
+                            )
+                            .unwrap();
+                            let saved = bnorm::Saved::batch(&mean, &var);
+                            b.iter(|| {
+                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                let e = bnorm::GradEpilogue::Relu { y: &fwd };
+                                k.backward_with(&d, x, dy, y, &aff, &saved, g, e).unwrap()
+                            })
+                        }
                         // Training mode (the statistics as forward_training left them) and global
                         // statistics, both writing dγ and dβ.
                         _ => {

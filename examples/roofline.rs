@@ -15,10 +15,13 @@
 //! GB/s follows `shared/peers/`: 2 × tensor bytes (x read once, y written once) per median call, one
 //! thread, preallocated outputs; `moments` counts the tensor once (it only reads), the backward ops
 //! three times (x and dy read, dx written; `backward` with batch statistics, `backward-global` with
-//! global ones, both writing dγ and dβ). `--quick` times the
+//! global ones, both writing dγ and dβ). The fused epilogues (`*-relu`: `Epilogue::Relu`;
+//! `*-addrelu`: `Epilogue::AddRelu`, whose residual z is one more tensor read, so 3 × tensor bytes)
+//! run the same shapes; `backward-relu` (batch statistics, the mask from y) counts x, dy and y read and
+//! dx written, 4 × tensor bytes. `--quick` times the
 //! detected tier only, with fewer repetitions (under 30 s).
 
-use bnorm::{__bench, Affine, Isa, Kernels, Shape, TensorDesc};
+use bnorm::{__bench, Affine, Epilogue, Isa, Kernels, Shape, TensorDesc};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -27,8 +30,21 @@ use std::time::Instant;
 mod common;
 use common::{LAYOUTS, SHAPES};
 
-const OPS: [&str; 8] =
-    ["moments", "train", "infer", "affine", "train-inplace", "infer-inplace", "backward", "backward-global"];
+const OPS: [&str; 13] = [
+    "moments",
+    "train",
+    "infer",
+    "affine",
+    "train-inplace",
+    "infer-inplace",
+    "backward",
+    "backward-global",
+    "train-relu",
+    "infer-relu",
+    "train-addrelu",
+    "infer-addrelu",
+    "backward-relu",
+];
 
 /// Median seconds of `reps` calls after one warm-up call.
 fn median(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -115,7 +131,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.prefetch_bytes >> 10,
         if t.memory_prefetch { "" } else { " (none from memory)" }
     );
-    println!("GB/s = 2 × tensor bytes / median call (moments: 1 ×); limit = best of the in-process passes\n");
+    println!(
+        "GB/s = 2 × tensor bytes / median call (moments 1 ×; backward, add+ReLU 3 ×; backward-relu 4 ×); limit = best of the in-process passes\n"
+    );
     println!("| shape | layout | op | isa | GB/s | limit GB/s | % of limit |");
     println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
@@ -211,6 +229,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 k.backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g).unwrap()
                             })
                         }
+                        "train-relu" | "train-addrelu" => {
+                            let e = if op == "train-relu" {
+                                Epilogue::Relu
+                            } else {
+                                Epilogue::AddRelu(&dy[..len])
+                            };
+                            median(reps, || {
+                                k.forward_training_with(
+                                    &desc,
+                                    xs,
+                                    &mut y[..len],
+                                    &aff,
+                                    &mut mean,
+                                    &mut var,
+                                    e,
+                                )
+                                .unwrap()
+                            })
+                        }
+                        "infer-relu" | "infer-addrelu" => {
+                            let e = if op == "infer-relu" {
+                                Epilogue::Relu
+                            } else {
+                                Epilogue::AddRelu(&dy[..len])
+                            };
+                            median(reps, || {
+                                k.forward_inference_with(&desc, xs, &mut y[..len], &aff, &mean, &var, e)
+                                    .unwrap()
+                            })
+                        }
+                        "backward-relu" => {
+                            // The forward output with ReLU, about half of it zero, as the mask.
+                            let mut fwd = vec![0.0f32; len];
+                            k.forward_training_with(
+                                &desc,
+                                xs,
+                                &mut fwd,
+                                &aff,
+                                &mut mean,
+                                &mut var,
+                                Epilogue::Relu,
+                            )
+                            .unwrap();
+                            let saved = bnorm::Saved::batch(&mean, &var);
+                            let dys = &dy[..len];
+                            median(reps, || {
+                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                let e = bnorm::GradEpilogue::Relu { y: &fwd };
+                                k.backward_with(&desc, xs, dys, &mut y[..len], &aff, &saved, g, e).unwrap()
+                            })
+                        }
                         "train-inplace" => {
                             y[..len].copy_from_slice(xs);
                             median(reps, || {
@@ -228,7 +297,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     // Backward reads x and dy and writes dx: three tensors against the read+write limit.
                     let (moved, lim_op) = match op {
                         "moments" => (1.0, lim.read),
-                        "backward" | "backward-global" => (3.0, rw),
+                        "backward" | "backward-global" | "train-addrelu" | "infer-addrelu" => (3.0, rw),
+                        "backward-relu" => (4.0, rw),
                         _ => (2.0, rw),
                     };
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;

@@ -2,6 +2,7 @@
 //! The operations: validation, then one call into the chosen tier.
 
 use crate::dispatch::Kernels;
+use crate::kernels::Epi;
 use crate::kernels::backward::{BackOut, BackParams, GivenSums, GradData, ReduceOut};
 use crate::kernels::ops::{Call, Data, ParamSrc};
 use crate::{Error, Shape, TensorDesc};
@@ -85,6 +86,53 @@ impl<'a> ParamGrads<'a> {
     }
 }
 
+/// What a forward pass does to each output value `y` before writing it, fused into the pass (oneDNN's
+/// `fuse_norm_relu` and `fuse_norm_add_relu`): the output is still written once.
+///
+/// ReLU is `max(0, y)` with x86 `maxps` semantics: a NaN `y` stays NaN and `−0` stays `−0` (both are
+/// what an unfused `max` gives, and `−0 == 0`). The residual sum `y + z` is one f32 rounding of the
+/// normalised value plus `z`. In blocked layouts the padding lanes of the output stay +0.0 whatever `z`
+/// holds there.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Epilogue<'a> {
+    /// The plain output.
+    #[default]
+    None,
+    /// `max(0, y)`.
+    Relu,
+    /// `max(0, y + z)`: a residual add then ReLU, `z` a tensor of the same descriptor (`desc.len()`
+    /// values; the ResNet bottleneck's shortcut).
+    AddRelu(&'a [f32]),
+}
+
+/// The forward pass's [`Epilogue`] as the backward pass takes it: the gradient that reaches the batch
+/// norm is `dy` where the forward output `y` was above 0 and 0 where it was `≤ 0` (a NaN `y` lets `dy`
+/// through, as PyTorch's `threshold_backward` does).
+///
+/// The mask comes from `y`, the forward output, rather than from a bit mask saved by the forward pass
+/// (oneDNN's workspace): the caller keeps `y` anyway (it is the next layer's input), so the forward
+/// pass needs no second output and no workspace type, and every epilogue and layout takes the same
+/// mask. The cost is reading `y` (4 bytes an element, where a bit mask is ⅛ byte).
+#[derive(Debug, Default)]
+pub enum GradEpilogue<'a> {
+    /// No epilogue: `dy` as it is.
+    #[default]
+    None,
+    /// The forward pass had [`Epilogue::Relu`]; `y` is its output (`desc.len()` values).
+    Relu {
+        /// The forward output.
+        y: &'a [f32],
+    },
+    /// The forward pass had [`Epilogue::AddRelu`]; `y` is its output, and the residual's gradient
+    /// `dz` (the masked `dy`, `desc.len()` values) is written here.
+    AddRelu {
+        /// The forward output.
+        y: &'a [f32],
+        /// The residual's gradient, written.
+        dz: &'a mut [f32],
+    },
+}
+
 /// Per-channel gradient sums, as [`Kernels::backward_reduce`] writes them and SyncBN all-reduces them:
 /// `Σdy` and `Σdy·(x − mean)` over a batch of shape `batch` (for SyncBN the whole global batch, whose
 /// values per channel `batch.count()` divide the sums).
@@ -101,6 +149,17 @@ pub struct GradSums<'a> {
 
 fn check_len(what: &'static str, s: &[f32], expected: usize) -> Result<(), Error> {
     if s.len() == expected { Ok(()) } else { Err(Error::LengthMismatch { what, expected, found: s.len() }) }
+}
+
+fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Error> {
+    Ok(match e {
+        Epilogue::None => Epi::NONE,
+        Epilogue::Relu => Epi { relu: true, z: None },
+        Epilogue::AddRelu(z) => {
+            check_len("z", z, desc.len())?;
+            Epi { relu: true, z: Some(z) }
+        }
+    })
 }
 
 fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
@@ -208,13 +267,34 @@ impl Kernels {
         mean: &mut [f32],
         var: &mut [f32],
     ) -> Result<(), Error> {
+        self.forward_training_with(desc, x, y, affine, mean, var, Epilogue::None)
+    }
+
+    /// [`forward_training`](Self::forward_training) with a fused [`Epilogue`] (ReLU, or residual add and
+    /// ReLU) applied to each output value before it is written: one pass, no extra write.
+    ///
+    /// Errors: as [`forward_training`](Self::forward_training), and an [`Epilogue::AddRelu`] residual not
+    /// `desc.len()` long (`"z"`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn forward_training_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("y", y, desc.len())?;
         check_stats_out(desc, mean, var)?;
         check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let data = Data::Split(x, y);
         let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
-        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var });
+        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var, epi });
         Ok(())
     }
 
@@ -228,12 +308,27 @@ impl Kernels {
         mean: &mut [f32],
         var: &mut [f32],
     ) -> Result<(), Error> {
+        self.forward_training_in_place_with(desc, xy, affine, mean, var, Epilogue::None)
+    }
+
+    /// [`forward_training_with`](Self::forward_training_with) overwriting its input: gives the same bits.
+    #[inline(always)]
+    pub fn forward_training_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("xy", xy, desc.len())?;
         check_stats_out(desc, mean, var)?;
         check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let data = Data::InPlace(xy);
         let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
-        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var });
+        crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var, epi });
         Ok(())
     }
 
@@ -251,12 +346,32 @@ impl Kernels {
         mean: &[f32],
         var: &[f32],
     ) -> Result<(), Error> {
+        self.forward_inference_with(desc, x, y, affine, mean, var, Epilogue::None)
+    }
+
+    /// [`forward_inference`](Self::forward_inference) with a fused [`Epilogue`].
+    ///
+    /// Errors: as [`forward_inference`](Self::forward_inference), and an [`Epilogue::AddRelu`] residual
+    /// not `desc.len()` long (`"z"`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn forward_inference_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("y", y, desc.len())?;
         check_stats_in(desc, mean, var)?;
         check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params });
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
         Ok(())
     }
 
@@ -270,11 +385,27 @@ impl Kernels {
         mean: &[f32],
         var: &[f32],
     ) -> Result<(), Error> {
+        self.forward_inference_in_place_with(desc, xy, affine, mean, var, Epilogue::None)
+    }
+
+    /// [`forward_inference_with`](Self::forward_inference_with) overwriting its input: gives the same
+    /// bits.
+    #[inline(always)]
+    pub fn forward_inference_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("xy", xy, desc.len())?;
         check_stats_in(desc, mean, var)?;
         check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params });
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
         Ok(())
     }
 
@@ -290,12 +421,30 @@ impl Kernels {
         scale: &[f32],
         shift: &[f32],
     ) -> Result<(), Error> {
+        self.channel_affine_with(desc, x, y, scale, shift, Epilogue::None)
+    }
+
+    /// [`channel_affine`](Self::channel_affine) with a fused [`Epilogue`] (a folded BN with its ReLU).
+    ///
+    /// Errors: as [`channel_affine`](Self::channel_affine), and an [`Epilogue::AddRelu`] residual not
+    /// `desc.len()` long (`"z"`).
+    #[inline(always)]
+    pub fn channel_affine_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("x", x, desc.len())?;
         check_len("y", y, desc.len())?;
         check_len("scale", scale, desc.shape().c)?;
         check_len("shift", shift, desc.shape().c)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let params = ParamSrc::Affine { scale, shift };
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params });
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
         Ok(())
     }
 
@@ -308,11 +457,25 @@ impl Kernels {
         scale: &[f32],
         shift: &[f32],
     ) -> Result<(), Error> {
+        self.channel_affine_in_place_with(desc, xy, scale, shift, Epilogue::None)
+    }
+
+    /// [`channel_affine_with`](Self::channel_affine_with) overwriting its input: gives the same bits.
+    #[inline(always)]
+    pub fn channel_affine_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
         check_len("xy", xy, desc.len())?;
         check_len("scale", scale, desc.shape().c)?;
         check_len("shift", shift, desc.shape().c)?;
+        let epi = check_epilogue(desc, epilogue)?;
         let params = ParamSrc::Affine { scale, shift };
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params });
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
         Ok(())
     }
 
@@ -350,6 +513,115 @@ impl Kernels {
         check_len("dy", dy, desc.len())?;
         check_len("dx", dx, desc.len())?;
         self.backward_call(desc, x, Data::Split(dy, dx), affine, saved, None, grads)
+    }
+
+    /// [`backward`](Self::backward) for a forward pass that had an [`Epilogue`]: `dy` is first masked
+    /// by the forward output (see [`GradEpilogue`]); with [`GradEpilogue::AddRelu`] the masked `dy` is
+    /// also the residual's gradient, written to `dz`. Gives the bits of [`relu_backward`](Self::relu_backward)
+    /// followed by [`backward`](Self::backward) on its result.
+    ///
+    /// The mask is its own pass (read `dy` and `y`, write the masked gradient, into `dx` for ReLU and
+    /// `dz` for add+ReLU), then the backward pass reads that: one more pass than a plain backward.
+    ///
+    /// Errors (before anything is written): as [`backward`](Self::backward), and `y` or `dz` not
+    /// `desc.len()` long.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+        epilogue: GradEpilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dx", dx, desc.len())?;
+        check_grad_epilogue(desc, &epilogue)?;
+        check_backward(desc, affine, saved, &grads)?;
+        match epilogue {
+            GradEpilogue::None => {
+                self.backward_call(desc, x, Data::Split(dy, dx), affine, saved, None, grads)
+            }
+            GradEpilogue::Relu { y } => {
+                crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::Split(dy, dx) });
+                self.backward_call(desc, x, Data::InPlace(dx), affine, saved, None, grads)
+            }
+            GradEpilogue::AddRelu { y, dz } => {
+                crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::Split(dy, dz) });
+                self.backward_call(desc, x, Data::Split(dz, dx), affine, saved, None, grads)
+            }
+        }
+    }
+
+    /// [`backward_with`](Self::backward_with) writing `dx` over `dy` (`dy_dx`): gives the same bits.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+        epilogue: GradEpilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy_dx", dy_dx, desc.len())?;
+        check_grad_epilogue(desc, &epilogue)?;
+        check_backward(desc, affine, saved, &grads)?;
+        match epilogue {
+            GradEpilogue::None => {}
+            GradEpilogue::Relu { y } => {
+                crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::InPlace(dy_dx) });
+            }
+            GradEpilogue::AddRelu { y, dz } => {
+                crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::Split(dy_dx, dz) });
+                return self.backward_call(desc, x, Data::Split(dz, dy_dx), affine, saved, None, grads);
+            }
+        }
+        self.backward_call(desc, x, Data::InPlace(dy_dx), affine, saved, None, grads)
+    }
+
+    /// ReLU's backward on its own: `dz[i] = dy[i]` where `y[i] > 0` (or NaN), `+0` where `y[i] ≤ 0`
+    /// (`y` the forward output of a pass with [`Epilogue::Relu`] or [`Epilogue::AddRelu`]). The masking
+    /// step of [`backward_with`](Self::backward_with), for use before the SyncBN halves
+    /// ([`backward_reduce`](Self::backward_reduce), [`backward_elementwise`](Self::backward_elementwise));
+    /// for add+ReLU `dz` is also the residual's gradient.
+    ///
+    /// Errors: `y`, `dy` or `dz` not `desc.len()` long.
+    #[inline(always)]
+    pub fn relu_backward(
+        &self,
+        desc: &TensorDesc,
+        y: &[f32],
+        dy: &[f32],
+        dz: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("y", y, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dz", dz, desc.len())?;
+        crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::Split(dy, dz) });
+        Ok(())
+    }
+
+    /// [`relu_backward`](Self::relu_backward) overwriting `dy` (`dy_dz`): gives the same bits.
+    #[inline(always)]
+    pub fn relu_backward_in_place(
+        &self,
+        desc: &TensorDesc,
+        y: &[f32],
+        dy_dz: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("y", y, desc.len())?;
+        check_len("dy_dz", dy_dz, desc.len())?;
+        crate::arch::run(self.isa(), Call::ReluGrad { y, data: Data::InPlace(dy_dz) });
+        Ok(())
     }
 
     /// [`backward`](Self::backward) writing `dx` over `dy` (`dy_dx`): gives the same bits.
@@ -480,6 +752,17 @@ impl Kernels {
     }
 }
 
+fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Error> {
+    match e {
+        GradEpilogue::None => Ok(()),
+        GradEpilogue::Relu { y } => check_len("y", y, desc.len()),
+        GradEpilogue::AddRelu { y, dz } => {
+            check_len("y", y, desc.len())?;
+            check_len("dz", dz, desc.len())
+        }
+    }
+}
+
 fn check_backward(
     desc: &TensorDesc,
     affine: &Affine<'_>,
@@ -586,6 +869,117 @@ pub fn backward_in_place(
     grads: ParamGrads<'_>,
 ) -> Result<(), Error> {
     Kernels::for_free_functions().backward_in_place(desc, x, dy_dx, affine, saved, grads)
+}
+
+/// [`Kernels::forward_training_with`] on the best available tier.
+pub fn forward_training_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &mut [f32],
+    var: &mut [f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_training_with(desc, x, y, affine, mean, var, epilogue)
+}
+
+/// [`Kernels::forward_training_in_place_with`] on the best available tier.
+pub fn forward_training_in_place_with(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &mut [f32],
+    var: &mut [f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_training_in_place_with(desc, xy, affine, mean, var, epilogue)
+}
+
+/// [`Kernels::forward_inference_with`] on the best available tier.
+pub fn forward_inference_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_inference_with(desc, x, y, affine, mean, var, epilogue)
+}
+
+/// [`Kernels::forward_inference_in_place_with`] on the best available tier.
+pub fn forward_inference_in_place_with(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    affine: &Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_inference_in_place_with(desc, xy, affine, mean, var, epilogue)
+}
+
+/// [`Kernels::channel_affine_with`] on the best available tier.
+pub fn channel_affine_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().channel_affine_with(desc, x, y, scale, shift, epilogue)
+}
+
+/// [`Kernels::channel_affine_in_place_with`] on the best available tier.
+pub fn channel_affine_in_place_with(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().channel_affine_in_place_with(desc, xy, scale, shift, epilogue)
+}
+
+/// [`Kernels::backward_with`] on the best available tier.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    grads: ParamGrads<'_>,
+    epilogue: GradEpilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_with(desc, x, dy, dx, affine, saved, grads, epilogue)
+}
+
+/// [`Kernels::backward_in_place_with`] on the best available tier.
+pub fn backward_in_place_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy_dx: &mut [f32],
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    grads: ParamGrads<'_>,
+    epilogue: GradEpilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().backward_in_place_with(desc, x, dy_dx, affine, saved, grads, epilogue)
+}
+
+/// [`Kernels::relu_backward`] on the best available tier.
+pub fn relu_backward(desc: &TensorDesc, y: &[f32], dy: &[f32], dz: &mut [f32]) -> Result<(), Error> {
+    Kernels::for_free_functions().relu_backward(desc, y, dy, dz)
+}
+
+/// [`Kernels::relu_backward_in_place`] on the best available tier.
+pub fn relu_backward_in_place(desc: &TensorDesc, y: &[f32], dy_dz: &mut [f32]) -> Result<(), Error> {
+    Kernels::for_free_functions().relu_backward_in_place(desc, y, dy_dz)
 }
 
 /// [`Kernels::backward_reduce`] on the best available tier.

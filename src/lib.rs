@@ -87,10 +87,13 @@ mod layout;
 mod tuning;
 
 pub use api::{
-    Affine, GradSums, Momentum, ParamGrads, Saved, StatsMode, backward, backward_elementwise,
-    backward_elementwise_in_place, backward_in_place, backward_reduce, channel_affine,
-    channel_affine_in_place, fold_scale_shift, forward_inference, forward_inference_in_place,
-    forward_training, forward_training_in_place, moments, update_running_stats,
+    Affine, Epilogue, GradEpilogue, GradSums, Momentum, ParamGrads, Saved, StatsMode, backward,
+    backward_elementwise, backward_elementwise_in_place, backward_in_place, backward_in_place_with,
+    backward_reduce, backward_with, channel_affine, channel_affine_in_place, channel_affine_in_place_with,
+    channel_affine_with, fold_scale_shift, forward_inference, forward_inference_in_place,
+    forward_inference_in_place_with, forward_inference_with, forward_training, forward_training_in_place,
+    forward_training_in_place_with, forward_training_with, moments, relu_backward, relu_backward_in_place,
+    update_running_stats,
 };
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;

@@ -1,4 +1,4 @@
-//! Every public operation (the backward pass and its halves included) with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
+//! Every public operation (the backward pass and its halves, the fused epilogues included) with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
 //! arbitrary ε, momentum, γ, β and data, on a fuzzer-chosen available tier. Never a panic; an `Err` leaves
 //! every output untouched; an `Ok` on finite, in-range data agrees with the f64 oracle within the
 //! documented tolerances.
@@ -44,7 +44,7 @@ fuzz_target!(|bytes: &[u8]| {
     let in_range = |v: &[f32]| v.iter().all(|x| x.is_finite() && x.abs() < 1e15);
     let comparable = p.nice && x.len() == len && in_range(&x) && in_range(&gamma) && in_range(&beta);
     let case = Case { shape: p.shape, layout: p.layout, x: x.clone(), gamma: Some(gamma.clone()), beta: Some(beta.clone()), eps: p.eps };
-    match p.op % 11 {
+    match p.op % 13 {
         0 => {
             let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
             let ok = lengths_ok(&[x.len()]) && chans_ok(&[m.len(), v.len()]);
@@ -168,7 +168,7 @@ fuzz_target!(|bytes: &[u8]| {
                 && chans_ok(&[mean.len(), var.len()]) && var_ok && aff_ok
                 && (!want_grads || chans_ok(&[dg.len(), db.len()]));
             let pg = bnorm::ParamGrads { dgamma: want_grads.then_some(&mut dg[..]), dbeta: want_grads.then_some(&mut db[..]) };
-            let r = if p.op % 11 == 9 {
+            let r = if p.op % 13 == 9 {
                 if in_place {
                     k.backward_in_place(&desc, &x, &mut dx, &aff, &saved, pg)
                 } else {
@@ -194,7 +194,7 @@ fuzz_target!(|bytes: &[u8]| {
                 }
             };
             // The halves divide by the larger batch's count: the oracle's comparison does not hold.
-            let halves = p.op % 11 == 10;
+            let halves = p.op % 13 == 10;
             match r {
                 Err(_) => {
                     assert!(!ok && dx.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -207,6 +207,80 @@ fuzz_target!(|bytes: &[u8]| {
                     if comparable && !halves && nice_dy && in_range(&mean) && in_range(&var) && in_range(&gamma) {
                         let got = Grads { dx: dx.clone(), dgamma: dg.clone(), dbeta: db.clone() };
                         check_backward(&case, &dy, batch, &mean, &var, &got, want_grads, false).unwrap();
+                    }
+                }
+            }
+        }
+        11 => {
+            // A forward operation with a fused epilogue: ReLU or add+ReLU (with a residual of a fuzzed
+            // length), out of place or in place. An `Ok` gives, bit for bit, the epilogue applied to the
+            // plain call's output (padding left as the plain call wrote it).
+            let z = fill(&p.params[2..], near(len, d[7]));
+            let add = p.count % 2 == 1;
+            let epi = if add { bnorm::Epilogue::AddRelu(&z) } else { bnorm::Epilogue::Relu };
+            let in_place = p.count >= 2;
+            let which = p.momentum.to_bits() % 3;
+            let (mean, var) = (fill(&p.params[1..], near(c, d[1])), fill(&p.params[2..], near(c, d[2])));
+            let mut y = if in_place { x.clone() } else { vec![SENTINEL; near(len, d[5])] };
+            let before = y.clone();
+            let mut plain = vec![0.0f32; len];
+            let (mut m, mut v) = (vec![SENTINEL; c], vec![SENTINEL; c]);
+            let (mut m0, mut v0) = (vec![0.0f32; c], vec![0.0f32; c]);
+            let (r, r0) = match (which, in_place) {
+                (0, false) => (k.forward_training_with(&desc, &x, &mut y, &aff, &mut m, &mut v, epi), k.forward_training(&desc, &x, &mut plain, &aff, &mut m0, &mut v0)),
+                (0, true) => (k.forward_training_in_place_with(&desc, &mut y, &aff, &mut m, &mut v, epi), k.forward_training(&desc, &x, &mut plain, &aff, &mut m0, &mut v0)),
+                (1, false) => (k.forward_inference_with(&desc, &x, &mut y, &aff, &mean, &var, epi), k.forward_inference(&desc, &x, &mut plain, &aff, &mean, &var)),
+                (1, true) => (k.forward_inference_in_place_with(&desc, &mut y, &aff, &mean, &var, epi), k.forward_inference(&desc, &x, &mut plain, &aff, &mean, &var)),
+                (_, false) => (k.channel_affine_with(&desc, &x, &mut y, &mean, &var, epi), k.channel_affine(&desc, &x, &mut plain, &mean, &var)),
+                (_, true) => (k.channel_affine_in_place_with(&desc, &mut y, &mean, &var, epi), k.channel_affine(&desc, &x, &mut plain, &mean, &var)),
+            };
+            match r {
+                Err(_) => {
+                    assert!(y.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits()), "written before an error");
+                    assert!(untouched(&m) && untouched(&v));
+                    assert!(r0.is_err() || (add && z.len() != len), "only the residual's length can fail");
+                }
+                Ok(()) => {
+                    assert!(r0.is_ok() && (!add || z.len() == len));
+                    for (i, (&got, &p0)) in y.iter().zip(&plain).enumerate() {
+                        let padding = common::oracle::is_padding(p.shape, p.layout, i);
+                        let t = if add && !padding { p0 + z[i] } else { p0 };
+                        let want = if padding || !(0.0 > t) { t } else { 0.0 };
+                        assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "element {i}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+        12 => {
+            // The backward pass with an epilogue: the same bits as the mask then the plain backward.
+            let rev: Vec<f32> = p.data.iter().rev().map(|v| v * 0.5).collect();
+            let dy = fill(&rev, near(len, d[6]));
+            let yf = fill(&p.params[3..], near(len, d[7]));
+            let add = p.count % 2 == 1;
+            let batch = p.count >= 2;
+            let (mut mean, mut var) = (fill(&p.params[1..], near(c, d[1])), fill(&p.params[2..], near(c, d[2])));
+            var.iter_mut().for_each(|v| *v = v.abs());
+            if x.len() == len && mean.len() == c && var.len() == c {
+                k.moments(&desc, &x, &mut mean, &mut var).unwrap();
+            }
+            let saved = bnorm::Saved { mean: &mean, var: &var, mode: if batch { bnorm::StatsMode::Batch } else { bnorm::StatsMode::Global } };
+            let mut dx = vec![SENTINEL; near(len, d[5])];
+            let mut dz = vec![SENTINEL; near(len, d[4])];
+            let ge = if add { bnorm::GradEpilogue::AddRelu { y: &yf, dz: &mut dz } } else { bnorm::GradEpilogue::Relu { y: &yf } };
+            let r = k.backward_with(&desc, &x, &dy, &mut dx, &aff, &saved, bnorm::ParamGrads::none(), ge);
+            let mut masked = vec![SENTINEL; len];
+            let rm = k.relu_backward(&desc, &yf, &dy, &mut masked);
+            match r {
+                Err(_) => assert!(untouched(&dx) && untouched(&dz)),
+                Ok(()) => {
+                    rm.unwrap();
+                    let mut dx0 = vec![0.0f32; len];
+                    k.backward(&desc, &x, &masked, &mut dx0, &aff, &saved, bnorm::ParamGrads::none()).unwrap();
+                    assert!(dx.iter().zip(&dx0).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
+                    if add {
+                        assert!(dz.iter().zip(&masked).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
+                    } else {
+                        assert!(untouched(&dz));
                     }
                 }
             }

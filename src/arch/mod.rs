@@ -92,6 +92,12 @@ pub(crate) trait Simd: Copy {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a < b ? a : b` (x86 `minps` semantics: `b` when either is NaN).
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a > b ? a : b` (x86 `maxps` semantics: `b` when either is NaN, so `max(0, y)` keeps a NaN `y`
+    /// and a `−0`).
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lanes where `m ≤ 0` become `+0`, the others keep `v` (a NaN `m` keeps `v`): ReLU's backward,
+    /// masked by the forward output `m`.
+    fn zero_where_not_positive(self, m: Self::V, v: Self::V) -> Self::V;
     /// `a * b + c`, fused where the tier has FMA.
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `1 / sqrt(v)` from a correctly rounded square root and a correctly rounded division; lanes where
@@ -185,9 +191,11 @@ macro_rules! tier_entries {
     ($module:ident, $token:ty $(, $features:literal)?) => {
         mod $module {
             #![allow(unused_unsafe)]
+            // The entry points take the operations' arguments as they are.
+            #![allow(clippy::too_many_arguments)]
             use crate::kernels::backward::{self, BackOut, BackParams, GradData};
             use crate::kernels::ops::{self, Call, Data, ParamSrc};
-            use crate::kernels::{InPlace, Split, limit};
+            use crate::kernels::{AddRelu, Epi, Floor, InPlace, Plain, Split, limit};
             use crate::layout::TensorDesc;
 
             type Affine<'a> = (Option<&'a [f32]>, Option<&'a [f32]>, f32);
@@ -198,6 +206,8 @@ macro_rules! tier_entries {
                 ops::moments_op(t, desc, x, mean, var)
             }
 
+            // One entry point per operation, buffer kind and epilogue type (`Plain`, `Floor` for ReLU,
+            // `AddRelu`): each holds one copy of its pass, and the plain pass has no epilogue code.
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
             fn training_split(
@@ -208,26 +218,136 @@ macro_rules! tier_entries {
                 a: Affine<'_>,
                 mean: &mut [f32],
                 var: &mut [f32],
+                e: &Epi<'_>,
             ) {
-                ops::training_op(t, desc, &mut Split { x, y }, a, mean, var, true)
+                ops::training_op(t, desc, &mut Split { x, y }, a, mean, var, true, Plain, e)
             }
 
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
-            fn training_in_place(t: $token, desc: &TensorDesc, xy: &mut [f32], a: Affine<'_>, mean: &mut [f32], var: &mut [f32]) {
-                ops::training_op(t, desc, &mut InPlace { xy }, a, mean, var, false)
+            fn training_split_relu(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                y: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+                e: &Epi<'_>,
+            ) {
+                ops::training_op(t, desc, &mut Split { x, y }, a, mean, var, true, Floor(0.0), e)
             }
 
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
-            fn normalize_split(t: $token, desc: &TensorDesc, x: &[f32], y: &mut [f32], params: ParamSrc<'_>) {
-                ops::normalize_op(t, desc, &mut Split { x, y }, params, true)
+            fn training_in_place(
+                t: $token,
+                desc: &TensorDesc,
+                xy: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+                e: &Epi<'_>,
+            ) {
+                ops::training_op(t, desc, &mut InPlace { xy }, a, mean, var, false, Plain, e)
             }
 
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
-            fn normalize_in_place(t: $token, desc: &TensorDesc, xy: &mut [f32], params: ParamSrc<'_>) {
-                ops::normalize_op(t, desc, &mut InPlace { xy }, params, false)
+            fn training_in_place_relu(
+                t: $token,
+                desc: &TensorDesc,
+                xy: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+                e: &Epi<'_>,
+            ) {
+                ops::training_op(t, desc, &mut InPlace { xy }, a, mean, var, false, Floor(0.0), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn training_split_add(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                y: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+                z: &[f32],
+                e: &Epi<'_>,
+            ) {
+                ops::training_op(t, desc, &mut Split { x, y }, a, mean, var, true, AddRelu(z), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn training_in_place_add(
+                t: $token,
+                desc: &TensorDesc,
+                xy: &mut [f32],
+                a: Affine<'_>,
+                mean: &mut [f32],
+                var: &mut [f32],
+                z: &[f32],
+                e: &Epi<'_>,
+            ) {
+                ops::training_op(t, desc, &mut InPlace { xy }, a, mean, var, false, AddRelu(z), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_split(t: $token, desc: &TensorDesc, x: &[f32], y: &mut [f32], params: ParamSrc<'_>, e: &Epi<'_>) {
+                ops::normalize_op(t, desc, &mut Split { x, y }, params, true, Plain, e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_split_relu(t: $token, desc: &TensorDesc, x: &[f32], y: &mut [f32], params: ParamSrc<'_>, e: &Epi<'_>) {
+                ops::normalize_op(t, desc, &mut Split { x, y }, params, true, Floor(0.0), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_in_place(t: $token, desc: &TensorDesc, xy: &mut [f32], params: ParamSrc<'_>, e: &Epi<'_>) {
+                ops::normalize_op(t, desc, &mut InPlace { xy }, params, false, Plain, e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_in_place_relu(t: $token, desc: &TensorDesc, xy: &mut [f32], params: ParamSrc<'_>, e: &Epi<'_>) {
+                ops::normalize_op(t, desc, &mut InPlace { xy }, params, false, Floor(0.0), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_split_add(
+                t: $token,
+                desc: &TensorDesc,
+                x: &[f32],
+                y: &mut [f32],
+                params: ParamSrc<'_>,
+                z: &[f32],
+                e: &Epi<'_>,
+            ) {
+                ops::normalize_op(t, desc, &mut Split { x, y }, params, true, AddRelu(z), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn normalize_in_place_add(t: $token, desc: &TensorDesc, xy: &mut [f32], params: ParamSrc<'_>, z: &[f32], e: &Epi<'_>) {
+                ops::normalize_op(t, desc, &mut InPlace { xy }, params, false, AddRelu(z), e)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn relu_grad(t: $token, y: &[f32], data: Data<'_>) {
+                match data {
+                    Data::Split(x, y_out) => ops::relu_grad_op(t, y, &mut Split { x, y: y_out }),
+                    Data::InPlace(xy) => ops::relu_grad_op(t, y, &mut InPlace { xy }),
+                }
             }
 
             // One entry point for the backward pass, its element half and its reduce half: the
@@ -265,18 +385,50 @@ macro_rules! tier_entries {
                 unsafe {
                     match call {
                         Call::Moments { desc, x, mean, var } => moments(t, desc, x, mean, var),
-                        Call::Training { desc, data: Data::Split(x, y), gamma, beta, eps, mean, var } => {
-                            training_split(t, desc, x, y, (gamma, beta, eps), mean, var)
+                        // A residual where a scale may overflow: the plain pass (which finishes such channels
+                        // after its vector pass), then the epilogue over the output.
+                        Call::Training { desc, data, gamma, beta, eps, mean, var, epi } => {
+                            let a = (gamma, beta, eps);
+                            match (data, epi.z) {
+                                (Data::Split(x, y), Some(_)) if ops::may_overflow(gamma) => {
+                                    training_split(t, desc, x, y, a, mean, var, &Epi::NONE);
+                                    ops::finish_all(desc, y, &epi);
+                                }
+                                (Data::InPlace(xy), Some(_)) if ops::may_overflow(gamma) => {
+                                    training_in_place(t, desc, xy, a, mean, var, &Epi::NONE);
+                                    ops::finish_all(desc, xy, &epi);
+                                }
+                                (Data::Split(x, y), Some(z)) => training_split_add(t, desc, x, y, a, mean, var, z, &epi),
+                                (Data::InPlace(xy), Some(z)) => training_in_place_add(t, desc, xy, a, mean, var, z, &epi),
+                                (Data::Split(x, y), None) if epi.relu => training_split_relu(t, desc, x, y, a, mean, var, &epi),
+                                (Data::InPlace(xy), None) if epi.relu => training_in_place_relu(t, desc, xy, a, mean, var, &epi),
+                                (Data::Split(x, y), None) => training_split(t, desc, x, y, a, mean, var, &epi),
+                                (Data::InPlace(xy), None) => training_in_place(t, desc, xy, a, mean, var, &epi),
+                            }
                         }
-                        Call::Training { desc, data: Data::InPlace(xy), gamma, beta, eps, mean, var } => {
-                            training_in_place(t, desc, xy, (gamma, beta, eps), mean, var)
+                        Call::Normalize { desc, data, params, epi } => {
+                            let gamma = match params {
+                                ParamSrc::Stats { gamma, .. } => gamma,
+                                ParamSrc::Affine { .. } => None,
+                            };
+                            match (data, epi.z) {
+                                (Data::Split(x, y), Some(_)) if ops::may_overflow(gamma) => {
+                                    normalize_split(t, desc, x, y, params, &Epi::NONE);
+                                    ops::finish_all(desc, y, &epi);
+                                }
+                                (Data::InPlace(xy), Some(_)) if ops::may_overflow(gamma) => {
+                                    normalize_in_place(t, desc, xy, params, &Epi::NONE);
+                                    ops::finish_all(desc, xy, &epi);
+                                }
+                                (Data::Split(x, y), Some(z)) => normalize_split_add(t, desc, x, y, params, z, &epi),
+                                (Data::InPlace(xy), Some(z)) => normalize_in_place_add(t, desc, xy, params, z, &epi),
+                                (Data::Split(x, y), None) if epi.relu => normalize_split_relu(t, desc, x, y, params, &epi),
+                                (Data::InPlace(xy), None) if epi.relu => normalize_in_place_relu(t, desc, xy, params, &epi),
+                                (Data::Split(x, y), None) => normalize_split(t, desc, x, y, params, &epi),
+                                (Data::InPlace(xy), None) => normalize_in_place(t, desc, xy, params, &epi),
+                            }
                         }
-                        Call::Normalize { desc, data: Data::Split(x, y), params } => {
-                            normalize_split(t, desc, x, y, params)
-                        }
-                        Call::Normalize { desc, data: Data::InPlace(xy), params } => {
-                            normalize_in_place(t, desc, xy, params)
-                        }
+                        Call::ReluGrad { y, data } => relu_grad(t, y, data),
                         Call::Backward { desc, x, data, params, mut out } => {
                             backward(t, desc, x, data, &params, &mut out)
                         }
@@ -347,6 +499,9 @@ mod tests {
             assert_eq!(lanes(s.sub(va, vb))[i], a[i] - b[i]);
             assert_eq!(lanes(s.mul(va, vb))[i], a[i] * b[i]);
             assert_eq!(lanes(s.min(va, vb))[i], if a[i] < b[i] { a[i] } else { b[i] });
+            assert_eq!(lanes(s.max(va, vb))[i], if a[i] > b[i] { a[i] } else { b[i] });
+            let masked = if a[i] <= 0.0 { 0.0 } else { b[i] };
+            assert_eq!(lanes(s.zero_where_not_positive(va, vb))[i].to_bits(), masked.to_bits());
             // Small multiples of 1/8: the product and sum are exact, fused or not.
             assert_eq!(lanes(s.mul_add(va, vb, va))[i], a[i] * b[i] + a[i]);
         }
@@ -366,6 +521,17 @@ mod tests {
         for k in 1..l {
             let want: Vec<f32> = (0..l).map(|i| if i < k { a[i] } else { b[i] }).collect();
             assert_eq!(lanes(s.blend_first(k, va, vb)), want, "blend_first({k})");
+        }
+        // NaN and signed zeros: `max(0, y)` keeps a NaN or −0 `y`; a NaN mask keeps the value.
+        let relu = |y: f32| lanes(s.max(s.splat(0.0), s.splat(y)))[0];
+        assert!(relu(f32::NAN).is_nan());
+        assert_eq!(relu(-0.0).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(relu(-1.0).to_bits(), 0);
+        assert_eq!(relu(f32::NEG_INFINITY).to_bits(), 0);
+        assert_eq!(relu(2.5), 2.5);
+        for (y, want) in [(f32::NAN, 3.0), (-0.0, 0.0), (0.0, 0.0), (-1.0, 0.0), (1e-45, 3.0)] {
+            let kept = lanes(s.zero_where_not_positive(s.splat(y), s.splat(3.0)))[0];
+            assert_eq!(kept.to_bits(), f32::to_bits(want), "mask by {y}");
         }
         let ones = s.splat(f32::from_bits(u32::MAX));
         assert_eq!(lanes(s.and(va, ones)), a);

@@ -56,6 +56,15 @@ impl Simd for Portable {
         a.simd_lt(b).select(a, b)
     }
     #[inline(always)]
+    fn max(self, a: f32x4, b: f32x4) -> f32x4 {
+        a.simd_gt(b).select(a, b)
+    }
+    #[inline(always)]
+    fn zero_where_not_positive(self, m: f32x4, v: f32x4) -> f32x4 {
+        let zero = f32x4::ZERO;
+        m.simd_le(zero).select(zero, v)
+    }
+    #[inline(always)]
     fn mul_add(self, a: f32x4, b: f32x4, c: f32x4) -> f32x4 {
         a.mul_add(b, c)
     }

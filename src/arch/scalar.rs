@@ -86,6 +86,14 @@ impl Simd for Scalar {
         if a < b { a } else { b }
     }
     #[inline(always)]
+    fn max(self, a: f32, b: f32) -> f32 {
+        if a > b { a } else { b }
+    }
+    #[inline(always)]
+    fn zero_where_not_positive(self, m: f32, v: f32) -> f32 {
+        if m <= 0.0 { 0.0 } else { v }
+    }
+    #[inline(always)]
     fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }

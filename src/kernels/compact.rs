@@ -13,10 +13,10 @@
 //! `b`-th or `C`-th element. Each element is `(x − m)·scale + shift` with the scalar tier's unfused
 //! multiply-add, the same operations as the vector pass, so the results are the same bits.
 
-use super::Io;
 use super::normalize::{overflowed_output, reduced_scale};
 use super::ops::{ParamSrc, shift_past_mean_one};
 use super::stats::{self, CHUNK_BLOCKS, Summary};
+use super::{Epi, Io};
 use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
 use crate::layout::{Layout, TensorDesc};
@@ -67,14 +67,17 @@ impl Channel {
         }
     }
 
-    /// Elements `at, at + step, …` (`count` of them).
+    /// Elements `at, at + step, …` (`count` of them), then the epilogue `e` over them.
     #[inline(always)]
-    fn apply<I: Io>(self, io: &mut I, at: usize, step: usize, count: usize) {
+    fn apply<I: Io>(self, io: &mut I, at: usize, step: usize, count: usize, e: &Epi<'_>) {
         match self {
             Channel::Plain { m, scale, shift } => io.affine_strided(at, step, count, [m, scale, shift]),
             Channel::Overflowed { m, reduced, shift } => {
                 io.map_strided(at, step, count, |x| overflowed_output(x, m, reduced, shift))
             }
+        }
+        if e.is_some() {
+            io.finish_strided(at, step, count, e);
         }
     }
 }
@@ -95,6 +98,7 @@ fn channel_groups<I: Io>(
     step: usize,
     count: usize,
     base: usize,
+    e: &Epi<'_>,
 ) {
     let mut j = 0;
     while j + 4 <= real {
@@ -108,15 +112,20 @@ fn channel_groups<I: Io>(
         {
             let p = [[m0, m1, m2, m3], [s0, s1, s2, s3], [t0, t1, t2, t3]];
             io.affine_groups4(base + j, step, count, p);
+            if e.is_some() {
+                for k in 0..4 {
+                    io.finish_strided(base + j + k, step, count, e);
+                }
+            }
         } else {
             for (k, p) in q.into_iter().enumerate() {
-                p.apply(io, base + j + k, step, count);
+                p.apply(io, base + j + k, step, count, e);
             }
         }
         j += 4;
     }
     while j < real {
-        of(c0 + j).apply(io, base + j, step, count);
+        of(c0 + j).apply(io, base + j, step, count, e);
         j += 1;
     }
     while j < width {
@@ -126,7 +135,7 @@ fn channel_groups<I: Io>(
 }
 
 /// `y = (x − m)·scale + shift` over the whole tensor (padding lanes of blocked layouts become +0.0).
-pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>) {
+pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>, e: &Epi<'_>) {
     let sh = desc.shape();
     let (n, c, s) = (sh.n, sh.c, sh.spatial);
     // One channel at a time: its parameters (a square root and a division) once, then all its elements.
@@ -135,18 +144,19 @@ pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>)
             for ch in 0..c {
                 let p = Channel::of(&src, ch);
                 for b in 0..n {
-                    p.apply(io, (b * c + ch) * s, 1, s);
+                    p.apply(io, (b * c + ch) * s, 1, s, e);
                 }
             }
         }
-        Layout::Nhwc => channel_groups(io, &|ch| Channel::of(&src, ch), 0, c, c, c, n * s, 0),
+        Layout::Nhwc => channel_groups(io, &|ch| Channel::of(&src, ch), 0, c, c, c, n * s, 0, e),
         Layout::Blocked { block } => {
             let blocks = c.div_ceil(block);
             for cb in 0..blocks {
                 for b in 0..n {
                     let at = (b * blocks + cb) * s * block;
                     let real = (c - cb * block).min(block);
-                    channel_groups(io, &|ch| Channel::of(&src, ch), cb * block, real, block, block, s, at);
+                    let of = |ch| Channel::of(&src, ch);
+                    channel_groups(io, &of, cb * block, real, block, block, s, at, e);
                 }
             }
         }
@@ -440,6 +450,7 @@ pub(crate) fn training<I: Io>(
     aff: (Option<&[f32]>, Option<&[f32]>, f32),
     mean: &mut [f32],
     var: &mut [f32],
+    e: &Epi<'_>,
 ) {
     let sh = desc.shape();
     let (n, c, s) = (sh.n, sh.c, sh.spatial);
@@ -450,7 +461,7 @@ pub(crate) fn training<I: Io>(
                 (mean[ch], var[ch]) = (m, v);
                 let p = Channel::train(aff, ch, m, lo, v);
                 for b in 0..n {
-                    p.apply(io, (b * c + ch) * s, 1, s);
+                    p.apply(io, (b * c + ch) * s, 1, s, e);
                 }
             }
         }
@@ -462,7 +473,7 @@ pub(crate) fn training<I: Io>(
                 moments_of_groups(io.input(), j, k, Walk::rows(n * s, c, j), mean, var, &mut lo);
                 let (m, v) = (&*mean, &*var);
                 let of = |ch: usize| Channel::train(aff, ch, m[ch], lo[ch - j], v[ch]);
-                channel_groups(io, &of, j, k, k, c, n * s, j);
+                channel_groups(io, &of, j, k, k, c, n * s, j, e);
                 j += k;
             }
         }
@@ -476,7 +487,7 @@ pub(crate) fn training<I: Io>(
                 let (m, v, c0) = (&*mean, &*var, cb * block);
                 let of = |ch: usize| Channel::train(aff, ch, m[ch], lo[ch - c0], v[ch]);
                 for b in 0..n {
-                    channel_groups(io, &of, c0, real, block, block, s, (b * blocks + cb) * s * block);
+                    channel_groups(io, &of, c0, real, block, block, s, (b * blocks + cb) * s * block, e);
                 }
             }
         }
@@ -489,7 +500,8 @@ mod tests {
     //! with SIMD, such as the host), bit for bit: every layout, padding, channel groups of four and their
     //! remainders, overflowed and zero scales, `channel_affine`, in place and not.
     use super::*;
-    use crate::kernels::ops::normalize_op;
+    use crate::kernels::ops::{finish_all, may_overflow, normalize_op};
+    use crate::kernels::{AddRelu, Floor, Plain};
     use crate::kernels::{InPlace, Split};
     use crate::layout::Shape;
 
@@ -534,16 +546,38 @@ mod tests {
                     ParamSrc::Stats { mean: &mean, var: &var, gamma: None, beta: None, eps: 1e-3 },
                     ParamSrc::Affine { scale: &gamma, shift: &beta },
                 ];
+                // A residual with values in the padding too (they must not reach the output).
+                let z: Vec<f32> = values(d.len(), 5).iter().map(|v| v - 40.0).collect();
+                let epis = [Epi::NONE, Epi { relu: true, z: None }, Epi { relu: true, z: Some(&z) }];
                 for (k, src) in srcs.into_iter().enumerate() {
-                    let (mut want, mut got) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
-                    normalize_op(Scalar, &d, &mut Split { x: &x, y: &mut want }, src, true);
-                    normalize(&d, &mut Split { x: &x, y: &mut got }, src);
-                    let same =
-                        |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-                    assert!(same(&want, &got), "{n}x{c}x{s} {layout:?} params {k}: out of place");
-                    let mut xy = x.clone();
-                    normalize(&d, &mut InPlace { xy: &mut xy }, src);
-                    assert!(same(&want, &xy), "{n}x{c}x{s} {layout:?} params {k}: in place");
+                    for e in &epis {
+                        let (mut want, mut got) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
+                        // The vector pass as `crate::arch::run` runs it: scales that may overflow take the
+                        // plain pass and then the residual's epilogue.
+                        let io = &mut Split { x: &x, y: &mut want };
+                        match e.z {
+                            Some(z) if !may_overflow(Some(&gamma)) || k == 2 => {
+                                normalize_op(Scalar, &d, io, src, true, AddRelu(z), e)
+                            }
+                            Some(_) => {
+                                normalize_op(Scalar, &d, io, src, true, Plain, &Epi::NONE);
+                                finish_all(&d, &mut want, e);
+                            }
+                            None if e.relu => normalize_op(Scalar, &d, io, src, true, Floor(0.0), e),
+                            None => normalize_op(Scalar, &d, io, src, true, Plain, e),
+                        }
+                        normalize(&d, &mut Split { x: &x, y: &mut got }, src, e);
+                        let same =
+                            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                        let what = format!("{n}x{c}x{s} {layout:?} params {k} {e:?}");
+                        assert!(same(&want, &got), "{what}: out of place");
+                        let mut xy = x.clone();
+                        normalize(&d, &mut InPlace { xy: &mut xy }, src, e);
+                        assert!(same(&want, &xy), "{what}: in place");
+                        if e.is_some() {
+                            assert!(want.iter().all(|v| v.is_nan() || *v >= 0.0), "{what}: ReLU");
+                        }
+                    }
                 }
             }
         }
@@ -602,14 +636,14 @@ mod tests {
                     let aff = (Some(&gamma[..]), Some(&beta[..]), 1e-5f32);
                     let (mut mean, mut var) = (vec![f32::NAN; c], vec![f32::NAN; c]);
                     let mut y = vec![f32::NAN; d.len()];
-                    training(&d, &mut Split { x: &x, y: &mut y }, aff, &mut mean, &mut var);
+                    training(&d, &mut Split { x: &x, y: &mut y }, aff, &mut mean, &mut var, &Epi::NONE);
                     let (mut m0, mut v0) = (vec![0.0; c], vec![0.0; c]);
                     moments(&d, &x, &mut m0, &mut v0);
                     let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!((bits(&mean), bits(&var)), (bits(&m0), bits(&v0)), "statistics");
                     let mut xy = x.clone();
                     let (mut m1, mut v1) = (vec![0.0; c], vec![0.0; c]);
-                    training(&d, &mut InPlace { xy: &mut xy }, aff, &mut m1, &mut v1);
+                    training(&d, &mut InPlace { xy: &mut xy }, aff, &mut m1, &mut v1, &Epi::NONE);
                     assert_eq!(bits(&xy), bits(&y), "{n}x{c}x{s} {layout:?} offset {offset}: in place");
                     let ys = {
                         let mut all = Vec::new();

@@ -34,6 +34,119 @@ pub(crate) const LINE_FLOATS: usize = 16;
 /// Vectors processed side by side along a row of channels (register tile).
 pub(crate) const TILE: usize = 4;
 
+/// The forward passes' epilogue on each output value `y` (issue 12, item 2): `y + z[i]` where a
+/// residual `z` (the tensor's length) is given, then `max(0, ·)` with `relu`. `max` keeps a NaN and a
+/// `−0`; the sum is one rounding. Applied where the value is computed, before the padding mask (padding
+/// stays +0.0 whatever `z` holds there), so a fused pass writes each output once.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Epi<'a> {
+    pub relu: bool,
+    pub z: Option<&'a [f32]>,
+}
+
+impl Epi<'_> {
+    /// No epilogue: the plain pass.
+    pub(crate) const NONE: Epi<'static> = Epi { relu: false, z: None };
+
+    /// Whether there is anything to apply.
+    #[inline(always)]
+    pub(crate) fn is_some(&self) -> bool {
+        self.relu || self.z.is_some()
+    }
+
+    /// The epilogue of the one value `y` of element `at` (the same operations as a lane of
+    /// [`Epilogue::apply`]).
+    #[inline(always)]
+    pub(crate) fn one(&self, at: usize, y: f32) -> f32 {
+        let y = match self.z {
+            Some(z) => y + z[at],
+            None => y,
+        };
+        if self.relu && 0.0 > y { 0.0 } else { y }
+    }
+}
+
+/// The vector passes' epilogue, a type per kind so that the loops carry no test of it: [`Floor`] (the
+/// plain pass, or ReLU) and [`AddRelu`]. Each element is computed by the same operations as
+/// [`Epi::one`].
+pub(crate) trait Epilogue: Copy {
+    /// Whether it adds a residual (never run where a scale may overflow: `ops::may_overflow`).
+    const RESIDUAL: bool;
+    /// The epilogue of the vector `y` of elements `at..at + LANES`.
+    fn apply<S: Simd>(self, s: S, at: usize, y: S::V) -> S::V;
+    /// [`apply`](Self::apply) where only the first `n ≤ LANES` lanes are elements (a residual is read at
+    /// `at..at + n` only).
+    fn part<S: Simd>(self, s: S, at: usize, n: usize, y: S::V) -> S::V;
+    /// This epilogue, or with `off` the same without its effect (for a group with an overflowed scale,
+    /// finished after its vector pass; never `off` where `RESIDUAL`). The choice is opaque to the
+    /// optimiser: a visible constant let it compile the whole inlined pass twice (training's entry
+    /// points grew by 40 %).
+    fn unless(self, off: bool) -> Self;
+}
+
+/// The plain pass: `y` as it is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plain;
+
+impl Epilogue for Plain {
+    const RESIDUAL: bool = false;
+    #[inline(always)]
+    fn apply<S: Simd>(self, _s: S, _at: usize, y: S::V) -> S::V {
+        y
+    }
+    #[inline(always)]
+    fn part<S: Simd>(self, _s: S, _at: usize, _n: usize, y: S::V) -> S::V {
+        y
+    }
+    #[inline(always)]
+    fn unless(self, _off: bool) -> Self {
+        self
+    }
+}
+
+/// `max(floor, y)`: ReLU with `floor = 0`, no effect with `floor = −∞` (`−∞ > y` is false for every
+/// `y`, NaN included, so `max` returns `y` bit for bit: one branch-free instruction in place of a test).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Floor(pub f32);
+
+impl Epilogue for Floor {
+    const RESIDUAL: bool = false;
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, _at: usize, y: S::V) -> S::V {
+        s.max(s.splat(self.0), y)
+    }
+    #[inline(always)]
+    fn part<S: Simd>(self, s: S, _at: usize, _n: usize, y: S::V) -> S::V {
+        s.max(s.splat(self.0), y)
+    }
+    #[inline(always)]
+    fn unless(self, off: bool) -> Self {
+        Floor(core::hint::black_box(if off { f32::NEG_INFINITY } else { self.0 }))
+    }
+}
+
+/// `max(0, y + z)`, the residual `z` indexed like the output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AddRelu<'a>(pub &'a [f32]);
+
+impl Epilogue for AddRelu<'_> {
+    const RESIDUAL: bool = true;
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, at: usize, y: S::V) -> S::V {
+        s.max(s.splat(0.0), s.add(y, s.load(&self.0[at..])))
+    }
+    #[inline(always)]
+    fn part<S: Simd>(self, s: S, at: usize, n: usize, y: S::V) -> S::V {
+        let z =
+            if n < S::LANES { s.load_part(&self.0[at..at + n], s.splat(0.0)) } else { s.load(&self.0[at..]) };
+        s.max(s.splat(0.0), s.add(y, z))
+    }
+    #[inline(always)]
+    fn unless(self, _off: bool) -> Self {
+        self
+    }
+}
+
 /// Where the data comes from and goes to: separate input and output, or one buffer updated in place.
 /// Kernels are generic over it, so in-place and out-of-place calls run the same instructions and give
 /// the same bits.
@@ -69,6 +182,16 @@ pub(crate) trait Io {
     /// `y[i + j] = (x[i + j] − m[j])·s[j] + b[j]`, `j < 4`, at the `count` positions `i = at, at + step,
     /// …` (`step ≥ 4`), with `p = [m, s, b]` (through `crate::arch::compact`'s loops).
     fn affine_groups4(&mut self, at: usize, step: usize, count: usize, p: [[f32; 4]; 3]);
+    /// Applies the epilogue `e` to the output at the `count` elements `at, at + step, …` (scalar code:
+    /// the compact passes, and channels finished after the vector pass).
+    #[inline(always)]
+    fn finish_strided(&mut self, at: usize, step: usize, count: usize, e: &Epi<'_>) {
+        let r = strided_span(at, step, count);
+        let start = r.start;
+        for (k, v) in self.output()[r].iter_mut().step_by(step.max(1)).enumerate() {
+            *v = e.one(start + k * step, *v);
+        }
+    }
     /// Prefetches the input lines of the next `n` floats of `pf` (see [`Prefetch`]).
     #[inline(always)]
     fn prefetch<S: Simd>(&self, s: S, pf: &mut Prefetch, n: usize) {

@@ -17,7 +17,7 @@
 //! the period to its end, so that short periods wrap every few hundred elements rather than every row
 //! (rows of up to 256 channels, padding, overflowed scales, channel groups).
 
-use super::{Io, LINE_FLOATS, Prefetch, load_clamped};
+use super::{Epilogue, Io, LINE_FLOATS, Prefetch, load_clamped};
 use crate::arch::Simd;
 
 /// Per-channel parameters of a channel group, indexed from the group's first channel; each holds the
@@ -420,14 +420,26 @@ impl<S: Simd, P: Phased<S>> Phased<S> for &P {
 
 /// `y` of the vector `x` whose first lane is element `off` of segment `j`: each lane with its own
 /// segment's parameters (a vector that straddles segment boundaries blends the results lane-wise), so
-/// every element is computed by the same operations wherever it falls.
+/// every element is computed by the same operations wherever it falls. `e` is applied to each segment's
+/// result before its padding mask, `n` of the lanes from element `at` on being real (`LANES` but for a
+/// run shorter than a vector).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn vector_at<S: Simd, G: Segments<S>>(s: S, g: &G, mut j: usize, off: usize, x: S::V) -> S::V {
+fn vector_at<S: Simd, G: Segments<S>, E: Epilogue>(
+    s: S,
+    g: &G,
+    mut j: usize,
+    off: usize,
+    x: S::V,
+    e: E,
+    at: usize,
+    n: usize,
+) -> S::V {
     let l = S::LANES;
     let p = g.get(s, j);
     let ph = p.advance(0, off);
     let (m, sc, sh) = p.vecs(s, ph);
-    let mut y = p.mask(s, ph, s.mul_add(s.sub(x, m), sc, sh));
+    let mut y = p.mask(s, ph, e.part(s, at, n, s.mul_add(s.sub(x, m), sc, sh)));
     // Lanes before the next segment boundary.
     let mut k = g.len() - off;
     while k < l && j + 1 < g.count() {
@@ -436,7 +448,7 @@ fn vector_at<S: Simd, G: Segments<S>>(s: S, g: &G, mut j: usize, off: usize, x: 
         // Lane k is the segment's phase 0: lane 0 is phase −k (periods divide 16·LANES).
         let ph = p.advance(0, 16 * l - k);
         let (m, sc, sh) = p.vecs(s, ph);
-        let yj = p.mask(s, ph, s.mul_add(s.sub(x, m), sc, sh));
+        let yj = p.mask(s, ph, e.part(s, at, n, s.mul_add(s.sub(x, m), sc, sh)));
         y = s.blend_first(k, y, yj);
         k += g.len();
     }
@@ -452,20 +464,22 @@ fn vector_at<S: Simd, G: Segments<S>>(s: S, g: &G, mut j: usize, off: usize, x: 
 /// before it; a run shorter than a vector is the only masked store. `pf` hands out lines to prefetch,
 /// as many as are written.
 #[inline(always)]
-pub(crate) fn normalize_run<S: Simd, I: Io, G: Segments<S>>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn normalize_run<S: Simd, I: Io, G: Segments<S>, E: Epilogue>(
     s: S,
     io: &mut I,
     at: usize,
     g: &G,
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) {
     let l = S::LANES;
     let len = g.len() * g.count();
     let end = at + len;
     if len < l {
         let x = io.load_part(s, at, len, s.splat(0.0));
-        io.store_part(s, at, len, vector_at(s, g, 0, 0, x));
+        io.store_part(s, at, len, vector_at(s, g, 0, 0, x, e, at, len));
         io.prefetch(s, pf, len);
         return;
     }
@@ -480,12 +494,12 @@ pub(crate) fn normalize_run<S: Simd, I: Io, G: Segments<S>>(
         a1 = a1.saturating_sub(LINE_FLOATS);
     }
     if a1 <= a0 {
-        edge(s, io, at, at, end, g);
+        edge(s, io, at, at, end, g, e);
     } else {
-        edge(s, io, at, at, a0, g);
-        let fetched = body_run(s, io, at, a0, a1, g, stream, pf);
+        edge(s, io, at, at, a0, g, e);
+        let fetched = body_run(s, io, at, a0, a1, g, stream, pf, e);
         io.prefetch(s, pf, a1 - a0 - fetched);
-        edge(s, io, at, a1, end, g);
+        edge(s, io, at, a1, end, g, e);
     }
     io.prefetch(s, pf, len - (a1.max(a0) - a0));
 }
@@ -493,8 +507,17 @@ pub(crate) fn normalize_run<S: Simd, I: Io, G: Segments<S>>(
 /// Elements `p..q` of the run at `at` (none, or at least a vector's worth) with ordinary full-width
 /// stores: vectors from `p` on, and one ending at `q` that overlaps the one before it. Its input is
 /// loaded before anything is stored, so in place it still reads x.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn edge<S: Simd, I: Io, G: Segments<S>>(s: S, io: &mut I, at: usize, p: usize, q: usize, g: &G) {
+fn edge<S: Simd, I: Io, G: Segments<S>, E: Epilogue>(
+    s: S,
+    io: &mut I,
+    at: usize,
+    p: usize,
+    q: usize,
+    g: &G,
+    e: E,
+) {
     let l = S::LANES;
     if q <= p {
         return;
@@ -506,12 +529,12 @@ fn edge<S: Simd, I: Io, G: Segments<S>>(s: S, io: &mut I, at: usize, p: usize, q
     while i + l <= q {
         let r = i - at;
         let x = io.load(s, i);
-        io.store(s, i, vector_at(s, g, r / seg, r % seg, x));
+        io.store(s, i, vector_at(s, g, r / seg, r % seg, x, e, i, l));
         i += l;
     }
     if let Some(x) = last {
         let r = q - l - at;
-        io.store(s, q - l, vector_at(s, g, r / seg, r % seg, x));
+        io.store(s, q - l, vector_at(s, g, r / seg, r % seg, x, e, q - l, l));
     }
 }
 
@@ -520,7 +543,7 @@ fn edge<S: Simd, I: Io, G: Segments<S>>(s: S, io: &mut I, at: usize, p: usize, q
 /// one at a time with blended parameters. Returns the floats whose lines were handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body_run<S: Simd, I: Io, G: Segments<S>>(
+fn body_run<S: Simd, I: Io, G: Segments<S>, E: Epilogue>(
     s: S,
     io: &mut I,
     at: usize,
@@ -529,6 +552,7 @@ fn body_run<S: Simd, I: Io, G: Segments<S>>(
     g: &G,
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) -> usize {
     let l = S::LANES;
     let seg = g.len();
@@ -542,8 +566,8 @@ fn body_run<S: Simd, I: Io, G: Segments<S>>(
             let p = g.get(s, j);
             let ph = p.advance(0, off);
             fetched += match p.fixed(s, ph) {
-                Some(f) => body(s, io, i, i + inside, &f, 0, stream, pf),
-                None => body(s, io, i, i + inside, &p, ph, stream, pf),
+                Some(f) => body(s, io, i, i + inside, &f, 0, stream, pf, e),
+                None => body(s, io, i, i + inside, &p, ph, stream, pf, e),
             };
             i += inside;
             off += inside;
@@ -556,7 +580,7 @@ fn body_run<S: Simd, I: Io, G: Segments<S>>(
             break;
         }
         // A vector across the end of segment j.
-        let y = vector_at(s, g, j, off, io.load(s, i));
+        let y = vector_at(s, g, j, off, io.load(s, i), e, i, l);
         io.put(s, i, y, stream);
         i += l;
         off += l;
@@ -573,7 +597,7 @@ fn body_run<S: Simd, I: Io, G: Segments<S>>(
 /// whose lines were handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body<S: Simd, I: Io, P: Phased<S>>(
+fn body<S: Simd, I: Io, P: Phased<S>, E: Epilogue>(
     s: S,
     io: &mut I,
     mut i: usize,
@@ -582,9 +606,10 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
     mut ph: usize,
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) -> usize {
     if let Some(lin) = p.linear() {
-        return body_linear(s, io, i, end, p, &lin, ph, stream, pf);
+        return body_linear(s, io, i, end, p, &lin, ph, stream, pf, e);
     }
     let l = S::LANES;
     let mut fetched = 0;
@@ -600,7 +625,7 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
         let mut y = x;
         for u in 0..4 {
             let (m, sc, sh) = p.vecs(s, phs[u]);
-            y[u] = p.mask(s, phs[u], s.mul_add(s.sub(x[u], m), sc, sh));
+            y[u] = p.mask(s, phs[u], e.apply(s, i + u * l, s.mul_add(s.sub(x[u], m), sc, sh)));
         }
         io.store4(s, i, y, stream);
         io.prefetch(s, pf, 4 * l);
@@ -612,7 +637,7 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
     }
     while i + l <= end {
         let (m, sc, sh) = p.vecs(s, ph);
-        let y = p.mask(s, ph, s.mul_add(s.sub(io.load(s, i), m), sc, sh));
+        let y = p.mask(s, ph, e.apply(s, i, s.mul_add(s.sub(io.load(s, i), m), sc, sh)));
         io.put(s, i, y, stream);
         ph = p.next(ph);
         i += l;
@@ -626,7 +651,7 @@ fn body<S: Simd, I: Io, P: Phased<S>>(
 /// across the period's end, if any, takes `p`'s [`Phased::vecs`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body_linear<S: Simd, I: Io, P: Phased<S>>(
+fn body_linear<S: Simd, I: Io, P: Phased<S>, E: Epilogue>(
     s: S,
     io: &mut I,
     mut i: usize,
@@ -636,11 +661,12 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
     mut ph: usize,
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) -> usize {
     let l = S::LANES;
     let mut fetched = 0;
     if banded::<S>(b) {
-        fetched += body_bands(s, io, &mut i, end, p, (b.period, ph), stream, pf);
+        fetched += body_bands(s, io, &mut i, end, p, (b.period, ph), stream, pf, e);
     }
     while i + l <= end {
         // The vectors from `ph` on that stay inside the arrays: parameters at offsets ph, ph + l, ….
@@ -653,7 +679,7 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
             let x = io.load4(s, i + k);
             let mut y = x;
             for u in 0..4 {
-                y[u] = linear_vector(s, x[u], (m, sc, sh, keep), k + u * l);
+                y[u] = linear_vector(s, x[u], (m, sc, sh, keep), k + u * l, e, i + k + u * l);
             }
             io.store4(s, i + k, y, stream);
             io.prefetch(s, pf, 4 * l);
@@ -661,7 +687,7 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
             k += 4 * l;
         }
         while k < len {
-            let y = linear_vector(s, io.load(s, i + k), (m, sc, sh, keep), k);
+            let y = linear_vector(s, io.load(s, i + k), (m, sc, sh, keep), k, e, i + k);
             io.put(s, i + k, y, stream);
             k += l;
         }
@@ -670,7 +696,7 @@ fn body_linear<S: Simd, I: Io, P: Phased<S>>(
         if ph + l > b.reach && i + l <= end {
             // The vector across the end of borrowed rows' parameters.
             let (m, sc, sh) = p.vecs(s, ph);
-            let y = p.mask(s, ph, s.mul_add(s.sub(io.load(s, i), m), sc, sh));
+            let y = p.mask(s, ph, e.apply(s, i, s.mul_add(s.sub(io.load(s, i), m), sc, sh)));
             io.put(s, i, y, stream);
             i += l;
             ph = p.next(ph);
@@ -714,7 +740,7 @@ fn banded<S: Simd>(b: &Linear<'_>) -> bool {
 /// as in the row walk. Returns the floats whose lines were handed to `pf`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn body_bands<S: Simd, I: Io, P: Phased<S>>(
+fn body_bands<S: Simd, I: Io, P: Phased<S>, E: Epilogue>(
     s: S,
     io: &mut I,
     i: &mut usize,
@@ -723,6 +749,7 @@ fn body_bands<S: Simd, I: Io, P: Phased<S>>(
     (c, ph): (usize, usize),
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) -> usize {
     let l = S::LANES;
     let band = BAND_ROWS * c;
@@ -751,7 +778,7 @@ fn body_bands<S: Simd, I: Io, P: Phased<S>>(
                 }
             }
             for (r, x) in cur.into_iter().enumerate() {
-                let y = p.mask(s, phk, s.mul_add(s.sub(x, m), sc, sh));
+                let y = p.mask(s, phk, e.apply(s, at + r * c + k, s.mul_add(s.sub(x, m), sc, sh)));
                 io.put(s, at + r * c + k, y, stream);
             }
             io.prefetch(s, pf, BAND_ROWS * l);
@@ -769,9 +796,17 @@ fn body_bands<S: Simd, I: Io, P: Phased<S>>(
 /// `keep`.
 type ParamArrays<'a> = (Option<&'a [f32]>, &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
 
-/// `y` of the vector `x` whose parameters are at offset `o` of the arrays.
+/// `y` of the vector `x` whose parameters are at offset `o` of the arrays, the epilogue `e` applied
+/// (the vector being element `at` of the tensor) before the padding mask.
 #[inline(always)]
-fn linear_vector<S: Simd>(s: S, x: S::V, (m, sc, sh, keep): ParamArrays<'_>, o: usize) -> S::V {
+fn linear_vector<S: Simd, E: Epilogue>(
+    s: S,
+    x: S::V,
+    (m, sc, sh, keep): ParamArrays<'_>,
+    o: usize,
+    e: E,
+    at: usize,
+) -> S::V {
     // (`match`, not `map_or` with a closure: see `fill_scale`.)
     let zero = s.splat(0.0);
     let mv = match m {
@@ -782,7 +817,7 @@ fn linear_vector<S: Simd>(s: S, x: S::V, (m, sc, sh, keep): ParamArrays<'_>, o: 
         Some(t) => s.load(&t[o..]),
         None => zero,
     };
-    let y = s.mul_add(s.sub(x, mv), s.load(&sc[o..]), shv);
+    let y = e.apply(s, at, s.mul_add(s.sub(x, mv), s.load(&sc[o..]), shv));
     match keep {
         Some(k) => s.and(y, s.load(&k[o..])),
         None => y,

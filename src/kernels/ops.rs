@@ -14,7 +14,7 @@ use super::normalize::{
     overflowed_output, reduced_scale,
 };
 use super::stats::{PlaneStats, Weight, contiguous_moments};
-use super::{GROUP, Io, Prefetch, Rows, WIDE_GROUP};
+use super::{Epi, Epilogue, GROUP, Io, Prefetch, Rows, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
 
@@ -58,11 +58,18 @@ pub(crate) enum Call<'a> {
         eps: f32,
         mean: &'a mut [f32],
         var: &'a mut [f32],
+        epi: Epi<'a>,
     },
     Normalize {
         desc: &'a TensorDesc,
         data: Data<'a>,
         params: ParamSrc<'a>,
+        epi: Epi<'a>,
+    },
+    /// ReLU's backward: `dy` where the forward output `y` is above 0, else +0.
+    ReluGrad {
+        y: &'a [f32],
+        data: Data<'a>,
     },
     /// The backward pass, its element half (`params.sums` given) or its reduce half
     /// (`GradData::Reduce`).
@@ -101,9 +108,13 @@ pub(crate) fn moments_op<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut
     }
 }
 
-/// Training forward (statistics, then normalisation chunk by chunk) with tier `s`.
+/// Training forward (statistics, then normalisation chunk by chunk) with tier `s`, the vector passes'
+/// epilogue `f` (one entry point per epilogue type: a function holding several copies of the pass took
+/// LLVM minutes to compile), `e` the same epilogue for the scalar code (the compact pass and the channels
+/// finished after the vector pass).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn training_op<S: Simd, I: Io>(
+pub(crate) fn training_op<S: Simd, I: Io, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -111,35 +122,84 @@ pub(crate) fn training_op<S: Simd, I: Io>(
     mean: &mut [f32],
     var: &mut [f32],
     out_of_place: bool,
+    f: E,
+    e: &Epi<'_>,
 ) {
     if S::COMPACT {
-        super::compact::training(desc, io, affine, mean, var);
+        super::compact::training(desc, io, affine, mean, var, e);
         return;
     }
+    let oop = out_of_place;
     if wide(desc) {
-        training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, affine, mean, var, out_of_place)
+        training::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true, E>(s, desc, io, affine, mean, var, oop, f, e)
     } else {
-        training::<S, I, GROUP, { GROUP + 16 }, false>(s, desc, io, affine, mean, var, out_of_place)
+        training::<S, I, GROUP, { GROUP + 16 }, false, E>(s, desc, io, affine, mean, var, oop, f, e)
     }
 }
 
-/// The normalise-affine pass (inference, `channel_affine`) with tier `s`.
+/// The normalise-affine pass (inference, `channel_affine`) with tier `s` and the epilogue `f` (`e` as in
+/// [`training_op`]).
 #[inline(always)]
-pub(crate) fn normalize_op<S: Simd, I: Io>(
+pub(crate) fn normalize_op<S: Simd, I: Io, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
     params: ParamSrc<'_>,
     out_of_place: bool,
+    f: E,
+    e: &Epi<'_>,
 ) {
     if S::COMPACT {
-        super::compact::normalize(desc, io, params);
+        super::compact::normalize(desc, io, params, e);
         return;
     }
     if wide(desc) {
-        normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true>(s, desc, io, params, out_of_place)
+        normalize::<S, I, WIDE_GROUP, { WIDE_GROUP + 16 }, true, E>(s, desc, io, params, out_of_place, f, e)
     } else {
-        normalize::<S, I, GROUP, { GROUP + 16 }, false>(s, desc, io, params, out_of_place)
+        normalize::<S, I, GROUP, { GROUP + 16 }, false, E>(s, desc, io, params, out_of_place, f, e)
+    }
+}
+
+/// Whether a scale γ/√(var + ε) can overflow f32 with these γ: only where |γ| > 2⁵³ (1/√(var + ε) is at
+/// most 2^74.5), or γ is infinite. The fused add+ReLU pass is not run then (see `crate::arch::run`).
+pub(crate) fn may_overflow(gamma: Option<&[f32]>) -> bool {
+    gamma.is_some_and(|g| g.iter().any(|v| v.abs() > 9_007_199_254_740_992.0))
+}
+
+/// The epilogue `e` over every element of `y` but padding, in scalar code: the add+ReLU of a call whose
+/// scales may overflow, after its plain pass.
+#[inline(never)]
+pub(crate) fn finish_all(desc: &TensorDesc, y: &mut [f32], e: &Epi<'_>) {
+    let mut out = super::InPlace { xy: y };
+    finish_channels(desc, &mut out, 0, desc.shape().c, e);
+}
+
+/// ReLU's backward with tier `s`: `out[i] = dy[i]` where `y[i] > 0` (or is NaN), `+0` where `y[i] ≤ 0`;
+/// `data` is `dy` and `out`, or one buffer updated in place. One pass, ordinary stores (the result is
+/// read again at once by the backward pass).
+#[inline(always)]
+pub(crate) fn relu_grad_op<S: Simd, I: Io>(s: S, y: &[f32], io: &mut I) {
+    let l = S::LANES;
+    let n = y.len().min(io.input().len());
+    let mut i = 0;
+    while i + 4 * l <= n {
+        let (m, d) = (&y[i..i + 4 * l], io.load4(s, i));
+        let mut v = d;
+        for u in 0..4 {
+            v[u] = s.zero_where_not_positive(s.load(&m[u * l..]), d[u]);
+        }
+        io.store4(s, i, v, false);
+        i += 4 * l;
+    }
+    while i + l <= n {
+        let v = s.zero_where_not_positive(s.load(&y[i..]), io.load(s, i));
+        io.store(s, i, v);
+        i += l;
+    }
+    if i < n {
+        let zero = s.splat(0.0);
+        let v = s.zero_where_not_positive(s.load_part(&y[i..n], zero), io.load_part(s, i, n - i, zero));
+        io.store_part(s, i, n - i, v);
     }
 }
 
@@ -253,8 +313,9 @@ fn moments<S: Simd, const G: usize, const CH: bool>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
+fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -262,6 +323,8 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
     mean: &mut [f32],
     var: &mut [f32],
     out_of_place: bool,
+    f: E,
+    e: &Epi<'_>,
 ) {
     let t = tuning::get();
     let stream = out_of_place && desc.len() >= t.stream_min_bytes / 4;
@@ -290,12 +353,17 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
             }
             _ => Prefetch::none(),
         };
-        normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut pf, true);
+        // A group with an overflowed scale runs without the epilogue, which follows the fix-up (never
+        // with a residual: `crate::arch::run` takes the plain pass where a scale may overflow).
+        debug_assert!(!(E::RESIDUAL && p.fixup));
+        let f = f.unless(p.fixup);
+        normalize_range::<S, I, PB, CH, _>(s, desc, io, c0, c1, &p, stream, &mut pf, true, f);
         if p.fixup {
             if stream {
                 s.fence();
             }
             fix_overflowed(desc, io.output(), c0, &p, v, g, eps);
+            finish_channels(desc, io, c0, c1, e);
         }
     }
     if stream {
@@ -425,13 +493,16 @@ fn moments_range<S: Simd, const G: usize, const CH: bool>(
 }
 
 /// The normalise-affine pass over the whole tensor, channel group by channel group.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
+fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
     src: ParamSrc<'_>,
     out_of_place: bool,
+    f: E,
+    e: &Epi<'_>,
 ) {
     let stream = out_of_place && desc.len() >= tuning::get().stream_min_bytes / 4;
     let mut scratch = [0.0f32; G];
@@ -451,7 +522,9 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
                 Params { mean: None, scale: &scale[c0..c1], shift: Some(&shift[c0..c1]), fixup: false }
             }
         };
-        normalize_range::<S, I, PB, CH>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false);
+        debug_assert!(!(E::RESIDUAL && p.fixup));
+        let f = f.unless(p.fixup);
+        normalize_range::<S, I, PB, CH, _>(s, desc, io, c0, c1, &p, stream, &mut Prefetch::none(), false, f);
         if let ParamSrc::Stats { var, gamma, eps, .. } = src
             && p.fixup
         {
@@ -459,6 +532,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
                 s.fence();
             }
             fix_overflowed(desc, io.output(), c0, &p, &var[c0..c1], gamma.map(|g| &g[c0..c1]), eps);
+            finish_channels(desc, io, c0, c1, e);
         }
     }
     if stream {
@@ -472,7 +546,7 @@ fn normalize<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool>(
 /// still in L2, so a chunk larger than L2 is re-read partly from it.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool>(
+fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -482,21 +556,22 @@ fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool>(
     stream: bool,
     pf: &mut Prefetch,
     recent_last: bool,
+    e: E,
 ) {
     let order = |i: usize, count: usize| if recent_last { count - 1 - i } else { i };
     let sh = desc.shape();
     if CH {
         // Channels-last only, as in `moments_range`.
-        normalize_channels::<S, I, PB>(s, desc, io, c0, c1, p, stream, pf);
+        normalize_channels::<S, I, PB, _>(s, desc, io, c0, c1, p, stream, pf, e);
         return;
     }
     match kind(desc) {
-        Kind::Channels => normalize_channels::<S, I, PB>(s, desc, io, c0, c1, p, stream, pf),
+        Kind::Channels => normalize_channels::<S, I, PB, _>(s, desc, io, c0, c1, p, stream, pf, e),
         Kind::Planes => {
             // One run per batch index: its planes of channels c0..c1 are contiguous.
             let segs = PlaneSegs { p, plane: sh.spatial };
             for n in (0..sh.n).map(|i| order(i, sh.n)) {
-                normalize_run(s, io, (n * sh.c + c0) * sh.spatial, &segs, stream, pf);
+                normalize_run(s, io, (n * sh.c + c0) * sh.spatial, &segs, stream, pf, e);
             }
         }
         Kind::Blocked(b) => {
@@ -523,7 +598,7 @@ fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool>(
                 // One run per batch index: its planes of the group's blocks are contiguous.
                 let segs = RefSegs { pps: &pps[..g1 - g0], len: plane };
                 for n in (0..sh.n).map(|i| order(i, sh.n)) {
-                    normalize_run(s, io, (n * blocks + g0) * plane, &segs, stream, pf);
+                    normalize_run(s, io, (n * blocks + g0) * plane, &segs, stream, pf, e);
                 }
             }
         }
@@ -571,11 +646,31 @@ fn fix_overflowed(
     }
 }
 
+/// Applies the epilogue `e` to channels `c0..c1` of the output (their padding excluded): the channels of
+/// a group with an overflowed scale, after [`fix_overflowed`]. Scalar code, for such groups only.
+#[inline(never)]
+fn finish_channels<I: Io>(desc: &TensorDesc, io: &mut I, c0: usize, c1: usize, e: &Epi<'_>) {
+    if !e.is_some() {
+        return;
+    }
+    let sh = desc.shape();
+    for c in c0..c1 {
+        for n in 0..sh.n {
+            // A channel's positions within one batch index are evenly spaced in every layout.
+            if let (Some(a), Some(b)) =
+                (desc.offset(n, c, 0), desc.offset(n, c, sh.spatial.saturating_sub(1).min(1)))
+            {
+                io.finish_strided(a, (b - a).max(1), sh.spatial, e);
+            }
+        }
+    }
+}
+
 /// Channels `c0..c1` of a channels-kind tensor: whole rows as one run whose channel repeats with the
 /// row's period, or (channel groups of a wide tensor) part of each row, with the padding after the last.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize_channels<S: Simd, I: Io, const PB: usize>(
+fn normalize_channels<S: Simd, I: Io, const PB: usize, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -584,6 +679,7 @@ fn normalize_channels<S: Simd, I: Io, const PB: usize>(
     p: &Params<'_>,
     stream: bool,
     pf: &mut Prefetch,
+    e: E,
 ) {
     let sh = desc.shape();
     let rows = sh.n * sh.spatial;
@@ -596,17 +692,17 @@ fn normalize_channels<S: Simd, I: Io, const PB: usize>(
             // Rows wider than GROUP: the caller's parameter slices as they are, no per-call copy of
             // C-long arrays. (Narrower rows copy their parameters, repeated to fill the buffer, so
             // that the body wraps every few hundred elements instead of every row.)
-            normalize_run(s, io, 0, &RefSegs { pps: &[rp], len: rows * period }, stream, pf);
+            normalize_run(s, io, 0, &RefSegs { pps: &[rp], len: rows * period }, stream, pf, e);
         } else {
             let pp = [Periodic::<PB>::new(s, p, period)];
-            normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf);
+            normalize_run(s, io, 0, &RefSegs { pps: &pp, len: rows * period }, stream, pf, e);
         }
     } else {
         let width = row_width(desc, c0, c1);
         let stride = row_len(desc);
         let pp = [Periodic::<PB>::new(s, p, width)];
         for r in 0..rows {
-            normalize_run(s, io, r * stride + c0, &RefSegs { pps: &pp, len: width }, stream, pf);
+            normalize_run(s, io, r * stride + c0, &RefSegs { pps: &pp, len: width }, stream, pf, e);
         }
     }
 }

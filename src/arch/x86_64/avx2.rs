@@ -101,6 +101,16 @@ impl Simd for Avx2 {
         unsafe { _mm256_min_ps(a, b) }
     }
     #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: token proves AVX.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn zero_where_not_positive(self, m: __m256, v: __m256) -> __m256 {
+        // SAFETY: token proves AVX. `_CMP_LE_OQ` is false for NaN, so a NaN `m` keeps `v`.
+        unsafe { _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(m, _mm256_setzero_ps()), v) }
+    }
+    #[inline(always)]
     fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: token proves FMA.
         unsafe { _mm256_fmadd_ps(a, b, c) }

@@ -89,6 +89,16 @@ impl Simd for Avx512 {
         unsafe { _mm512_min_ps(a, b) }
     }
     #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: token proves AVX-512F.
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn zero_where_not_positive(self, m: __m512, v: __m512) -> __m512 {
+        // SAFETY: token proves AVX-512F. `_CMP_NLE_UQ` is true for NaN, so a NaN `m` keeps `v`.
+        unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(m, _mm512_setzero_ps()), v) }
+    }
+    #[inline(always)]
     fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
         // SAFETY: token proves AVX-512F.
         unsafe { _mm512_fmadd_ps(a, b, c) }
