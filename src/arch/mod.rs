@@ -195,7 +195,7 @@ macro_rules! tier_entries {
             #![allow(clippy::too_many_arguments)]
             use crate::kernels::backward::{self, BackOut, BackParams, GradData};
             use crate::kernels::ops::{self, Call, Data, ParamSrc};
-            use crate::kernels::{AddRelu, Epi, Floor, InPlace, Plain, Split, limit};
+            use crate::kernels::{AddRelu, Epi, Floor, GROUP, InPlace, Plain, Split, WIDE_GROUP, limit};
             use crate::layout::TensorDesc;
 
             type Affine<'a> = (Option<&'a [f32]>, Option<&'a [f32]>, f32);
@@ -204,6 +204,45 @@ macro_rules! tier_entries {
             #[inline(never)]
             fn moments(t: $token, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
                 ops::moments_op(t, desc, x, mean, var)
+            }
+
+            // The statistics of a channel range, once per tier for `moments` and every training entry
+            // point (see `RangeStats`).
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn stats_narrow(t: $token, desc: &TensorDesc, x: &[f32], c: (usize, usize), m: &mut [f32], lo: &mut [f32], v: &mut [f32]) {
+                ops::moments_range::<$token, GROUP, false>(t, desc, x, c.0, c.1, m, lo, v)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn stats_wide(t: $token, desc: &TensorDesc, x: &[f32], c: (usize, usize), m: &mut [f32], lo: &mut [f32], v: &mut [f32]) {
+                ops::moments_range::<$token, WIDE_GROUP, true>(t, desc, x, c.0, c.1, m, lo, v)
+            }
+
+            impl ops::RangeStats for $token {
+                #[inline(always)]
+                fn range_stats(
+                    self,
+                    wide: bool,
+                    desc: &TensorDesc,
+                    x: &[f32],
+                    c0: usize,
+                    c1: usize,
+                    mean: &mut [f32],
+                    lo: &mut [f32],
+                    var: &mut [f32],
+                ) {
+                    // SAFETY: `self` is the tier's token, whose existence proves that the CPU supports
+                    // the features these entry points enable (see the token's `new_unchecked`).
+                    unsafe {
+                        if wide {
+                            stats_wide(self, desc, x, (c0, c1), mean, lo, var)
+                        } else {
+                            stats_narrow(self, desc, x, (c0, c1), mean, lo, var)
+                        }
+                    }
+                }
             }
 
             // One entry point per operation, buffer kind and epilogue type (`Plain`, `Floor` for ReLU,

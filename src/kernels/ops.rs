@@ -96,7 +96,13 @@ pub(crate) enum Call<'a> {
 /// are `#[inline(always)]` all the way down, so each is compiled inside its tier's entry point (and with
 /// its target features): one entry point per operation and tier (`crate::arch`).
 #[inline(always)]
-pub(crate) fn moments_op<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
+pub(crate) fn moments_op<S: RangeStats>(
+    s: S,
+    desc: &TensorDesc,
+    x: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
     if S::COMPACT {
         super::compact::moments(desc, x, mean, var);
         return;
@@ -114,7 +120,7 @@ pub(crate) fn moments_op<S: Simd>(s: S, desc: &TensorDesc, x: &[f32], mean: &mut
 /// finished after the vector pass).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn training_op<S: Simd, I: Io, E: Epilogue>(
+pub(crate) fn training_op<S: RangeStats, I: Io, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -299,7 +305,7 @@ fn chunk_lines(desc: &TensorDesc, c0: usize, c1: usize) -> Prefetch {
 
 /// Per-channel statistics of the whole tensor, group by group.
 #[inline(always)]
-fn moments<S: Simd, const G: usize, const CH: bool>(
+fn moments<S: RangeStats, const G: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -309,13 +315,13 @@ fn moments<S: Simd, const G: usize, const CH: bool>(
     let mut lo = [0.0f32; G];
     for (c0, c1) in chunks::<G>(desc, G) {
         let lo = &mut lo[..c1 - c0];
-        moments_range::<S, G, CH>(s, desc, x, c0, c1, &mut mean[c0..c1], lo, &mut var[c0..c1]);
+        s.range_stats(CH, desc, x, c0, c1, &mut mean[c0..c1], lo, &mut var[c0..c1]);
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool, E: Epilogue>(
+fn training<S: RangeStats, I: Io, const G: usize, const PB: usize, const CH: bool, E: Epilogue>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -336,7 +342,7 @@ fn training<S: Simd, I: Io, const G: usize, const PB: usize, const CH: bool, E: 
     let mut parts = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = parts.next() {
         let (m, v, lo) = (&mut mean[c0..c1], &mut var[c0..c1], &mut lo[..c1 - c0]);
-        moments_range::<S, G, CH>(s, desc, io.input(), c0, c1, m, lo, v);
+        s.range_stats(CH, desc, io.input(), c0, c1, m, lo, v);
         let (g, b) = (gamma.map(|g| &g[c0..c1]), beta.map(|b| &b[c0..c1]));
         fill_scale(s, v, g, eps, &mut scratch);
         let sc = &scratch[..c1 - c0];
@@ -437,12 +443,33 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
     }
 }
 
+/// A tier's statistics over a channel range ([`moments_range`] with `WIDE_GROUP` when `wide`, else
+/// `GROUP`), compiled once per tier as an out-of-line entry point (`crate::arch`'s `tier_entries!`) and
+/// called by `moments` and every training entry point. Inlined into each of them instead, the same
+/// ~85 KB of statistics code was compiled six times per tier: a third of the library's code and of its
+/// build time. One call per chunk of channels costs nothing measurable.
+pub(crate) trait RangeStats: Simd {
+    /// Mean, `lo` and population variance of channels `c0..c1` (see [`moments_range`]).
+    #[allow(clippy::too_many_arguments)]
+    fn range_stats(
+        self,
+        wide: bool,
+        desc: &TensorDesc,
+        x: &[f32],
+        c0: usize,
+        c1: usize,
+        mean: &mut [f32],
+        lo: &mut [f32],
+        var: &mut [f32],
+    );
+}
+
 /// Mean and population variance of channels `c0..c1` (at most GROUP; whole blocks for blocked layouts,
 /// but for the last) into `mean`/`lo`/`var` (`c1 - c0` long; `lo` is what the mean's rounding dropped,
 /// see `Summary::finish_split`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn moments_range<S: Simd, const G: usize, const CH: bool>(
+pub(crate) fn moments_range<S: Simd, const G: usize, const CH: bool>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
