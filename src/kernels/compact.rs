@@ -513,10 +513,11 @@ mod tests {
 
     #[test]
     fn same_bits_as_the_vector_pass() {
-        let mut shapes =
-            vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2), (2, 19, 49)];
+        let mut shapes = vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2)];
+        // The two largest shapes only outside miri (this test is safe code over safe code, and the two
+        // took about 5 of miri's minutes in CI).
         if !cfg!(miri) {
-            shapes.push((1, 300, 3));
+            shapes.extend([(2, 19, 49), (1, 300, 3)]);
         }
         let layouts = [
             Layout::Nchw,
