@@ -13,12 +13,17 @@ non-temporal and ordinary-store passes), "floor" the two-pass floor of training 
 cannot stay in cache, 2 / (2 + rw/read) of it. `--isa avx2` times bnorm's AVX2 tier against oneDNN capped
 at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2).
 
+`--modes train_relu,infer_relu,train_addrelu,infer_addrelu` times the fused epilogues against oneDNN's
+`fuse_norm_relu` (its training also writes the ReLU workspace) and `fuse_norm_add_relu`; add+ReLU's
+GB/s count 3 x tensor bytes (x and z read, y written) for both; its floor is the limit (inference) or
+the limit after a read pass of x (training).
+
 `--modes bwd,bwd_global` times the backward pass (with batch and with global statistics, both writing
 dγ and dβ) against oneDNN's `prop_kind::backward`, through scripts/onednn3_bn.cpp (built by
 scripts/peer_setup.sh as onednn3_bn_ext); its GB/s count 3 x tensor bytes (x and dy read, dx written)
 and its floor is 3 / (2/read + 3/limit), two passes over x and dy.
 
-usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [--modes train,infer,bwd,bwd_global] [SHAPE...]
+usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [--modes MODE,...] [SHAPE...]
 needs: shared/peers/setup.sh (oneDNN, stream_limit), scripts/peer_setup.sh (for bwd) and
 `cargo build --release --example roofline`.
 """
@@ -37,7 +42,9 @@ ROOFLINE = os.path.join(ROOT, "target", "release", "examples", "roofline")
 LAYOUTS = ["nchw", "nhwc", "nChw4c", "nChw8c", "nChw16c"]  # oneDNN has no nChw4c
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 # side_by_side mode -> the roofline example's op.
-OPS = {"train": "train", "infer": "infer", "bwd": "backward", "bwd_global": "backward-global"}
+OPS = {"train": "train", "infer": "infer", "bwd": "backward", "bwd_global": "backward-global",
+       "train_relu": "train-relu", "infer_relu": "infer-relu",
+       "train_addrelu": "train-addrelu", "infer_addrelu": "infer-addrelu"}
 
 
 def reps(n, c, h, w):
@@ -122,7 +129,14 @@ def main():
                     cells.append(f"**{o:.1f}** ({v:.1f}) / –")
             dims = f"{n}×{c}×{h}×{w}"
             lm, rm = statistics.median(lim), statistics.median(rd)
-            floor = 3 / (2 / rm + 3 / lm) if mode.startswith("bwd") else 2 * lm / (2 + lm / rm)
+            if mode.startswith("bwd"):
+                floor = 3 / (2 / rm + 3 / lm)
+            elif mode == "train_addrelu":
+                floor = 3 / (1 / rm + 3 / lm)  # x read twice, z read and y written once
+            elif mode == "infer_addrelu":
+                floor = lm
+            else:
+                floor = 2 * lm / (2 + lm / rm)
             print(f"| {name} {dims} | {mode} | {lm:.1f} | {floor:.1f} | " + " | ".join(cells) + " |",
                   flush=True)
 
