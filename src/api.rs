@@ -5,6 +5,7 @@ use crate::dispatch::Kernels;
 use crate::kernels::Epi;
 use crate::kernels::backward::{BackOut, BackParams, GivenSums, GradData, ReduceOut};
 use crate::kernels::ops::{Call, Data, ParamSrc};
+use crate::partial::Partial;
 use crate::{Error, Shape, TensorDesc};
 
 /// The affine part of batch normalisation: `y = x̂·γ + β` with `x̂ = (x − mean)/√(var + ε)`.
@@ -147,7 +148,7 @@ pub struct GradSums<'a> {
     pub batch: Shape,
 }
 
-fn check_len(what: &'static str, s: &[f32], expected: usize) -> Result<(), Error> {
+pub(crate) fn check_len(what: &'static str, s: &[f32], expected: usize) -> Result<(), Error> {
     if s.len() == expected { Ok(()) } else { Err(Error::LengthMismatch { what, expected, found: s.len() }) }
 }
 
@@ -249,6 +250,27 @@ impl Kernels {
         check_len("x", x, desc.len())?;
         check_stats_out(desc, mean, var)?;
         crate::arch::run(self.isa(), Call::Moments { desc, x, mean, var });
+        Ok(())
+    }
+
+    /// Per-channel [`Partial`] statistics of `x` (a whole tensor, or a part of one such as a range of
+    /// its batch, described by its own descriptor) into `out`: one read pass, the statistics of
+    /// [`moments`](Self::moments) kept unfinished (the mean as a pair, `M2` in f64) so that parts merge
+    /// ([`Partial::merge`], [`crate::merge_partials`]) into the statistics of the whole.
+    ///
+    /// A single part finished with [`crate::finish_partials`] gives `moments`' mean bit for bit, and its
+    /// variance within one rounding (`M2 = var·count` is formed from the rounded variance). Merged parts
+    /// meet `moments`' accuracy bounds (README, Guarantees), at any offset: each part's mean is carried
+    /// to the merge with the bits its f32 rounding drops.
+    ///
+    /// Errors: `x` not `desc.len()` long, `out` not C long. Nothing is written on error.
+    pub fn partial_moments(&self, desc: &TensorDesc, x: &[f32], out: &mut [Partial]) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        let c = desc.shape().c;
+        if out.len() != c {
+            return Err(Error::LengthMismatch { what: "out", expected: c, found: out.len() });
+        }
+        crate::arch::run(self.isa(), Call::Partials { desc, x, out });
         Ok(())
     }
 
@@ -1083,20 +1105,40 @@ pub fn update_running_stats(
     if count < 2 {
         return Err(Error::CountTooSmall { count });
     }
-    type W = crate::kernels::stats::Weight;
-    let m: W = match momentum {
-        Momentum::Exponential(m) if (0.0..=1.0).contains(&m) => m as W,
-        Momentum::Exponential(momentum) => return Err(Error::InvalidMomentum { momentum }),
-        Momentum::CumulativeAverage { batches: 0 } => return Err(Error::NoBatches),
-        Momentum::CumulativeAverage { batches } => 1.0 / batches as W,
-    };
+    let m = momentum_weight(momentum)?;
+    let unbias = count as W / (count - 1) as W;
+    apply_running(running_mean, running_var, m, |i| (mean[i] as W, var[i] as W * unbias));
+    Ok(())
+}
+
+type W = crate::kernels::stats::Weight;
+
+/// The weight of this batch's statistics in a running update (see [`update_running_stats`]).
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
+pub(crate) fn momentum_weight(momentum: Momentum) -> Result<W, Error> {
+    match momentum {
+        Momentum::Exponential(m) if (0.0..=1.0).contains(&m) => Ok(m as W),
+        Momentum::Exponential(momentum) => Err(Error::InvalidMomentum { momentum }),
+        Momentum::CumulativeAverage { batches: 0 } => Err(Error::NoBatches),
+        Momentum::CumulativeAverage { batches } => Ok(1.0 / batches as W),
+    }
+}
+
+/// `rm ← (1 − m)·rm + m·mean`, `rv ← (1 − m)·rv + m·var` for every channel `i`, with `stats(i)` its
+/// batch mean and unbiased variance; `m = 0` and `m = 1` exact (see [`update_running_stats`]).
+#[allow(clippy::unnecessary_cast)] // `Weight` is f32 on some targets
+pub(crate) fn apply_running(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    m: W,
+    stats: impl Fn(usize) -> (W, W),
+) {
     if m == 0.0 {
         // `(1 − 0)·rm + 0·mean` would turn a NaN or infinite batch statistic into NaN (0·∞).
-        return Ok(());
+        return;
     }
-    let unbias = count as W / (count - 1) as W;
-    for i in 0..c {
-        let (bm, bv) = (mean[i] as W, var[i] as W * unbias);
+    for i in 0..running_mean.len().min(running_var.len()) {
+        let (bm, bv) = stats(i);
         if m == 1.0 {
             // Likewise `0·rm` for a non-finite running statistic.
             running_mean[i] = bm as f32;
@@ -1106,7 +1148,6 @@ pub fn update_running_stats(
             running_var[i] = ((1.0 - m) * running_var[i] as W + m * bv) as f32;
         }
     }
-    Ok(())
 }
 
 /// Folds batch normalisation's inference parameters into the per-channel `(scale, shift)` that

@@ -77,6 +77,11 @@ pub enum Error {
         /// The first such channel.
         channel: usize,
     },
+    /// A [`Partial`](crate::Partial) that counts no values was given to be finished.
+    EmptyPartial {
+        /// The first such channel.
+        channel: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -108,6 +113,10 @@ impl fmt::Display for Error {
             Error::CountTooSmall { count } => write!(
                 f,
                 "N·S = {count} values per channel is too few: the unbiased variance needs at least 2"
+            ),
+            Error::EmptyPartial { channel } => write!(
+                f,
+                "the partial statistics of channel {channel} count 0 values: there is no mean to finish"
             ),
             Error::ScaleOverflow { channel } => write!(
                 f,

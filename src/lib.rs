@@ -84,6 +84,7 @@ mod dispatch;
 mod error;
 mod kernels;
 mod layout;
+mod partial;
 mod tuning;
 
 pub use api::{
@@ -98,6 +99,9 @@ pub use api::{
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;
 pub use layout::{Layout, Shape, TensorDesc};
+pub use partial::{
+    Partial, finish_partials, merge_partials, partial_moments, update_running_stats_from_partials,
+};
 
 /// Reference passes for measuring the machine's streaming limit beside the kernels (used by the
 /// `roofline` example and the benches). Not part of the stable API.

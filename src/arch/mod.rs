@@ -184,6 +184,14 @@ pub(crate) fn run(isa: Isa, call: Call<'_>) {
     }
 }
 
+// SAFETY: `Partial` is `#[repr(C)]` with fields u64, f32, f32, f64 (offsets 0, 8, 12, 16; size 24,
+// alignment 8): no padding, and every bit pattern of each field is a valid value. So it is `Zeroable`
+// (all zeros is `Partial::EMPTY`) and `Pod` (it is also `Copy` and `'static`).
+unsafe impl bytemuck::Zeroable for crate::partial::Partial {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for crate::partial::Partial {}
+const _: () = assert!(core::mem::size_of::<crate::partial::Partial>() == 24);
+
 /// One entry point per operation for a tier: each is `#[inline(never)]` (with the tier's target
 /// features), and the kernels below it are `#[inline(always)]`. Separate functions keep each one small
 /// enough to compile quickly and in parallel, and a program links only the operations it calls.
@@ -204,6 +212,12 @@ macro_rules! tier_entries {
             #[inline(never)]
             fn moments(t: $token, desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
                 ops::moments_op(t, desc, x, mean, var)
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
+            fn partials(t: $token, desc: &TensorDesc, x: &[f32], out: &mut [crate::partial::Partial]) {
+                ops::partials_op(t, desc, x, out)
             }
 
             // The statistics of a channel range, once per tier for `moments` and every training entry
@@ -424,6 +438,7 @@ macro_rules! tier_entries {
                 unsafe {
                     match call {
                         Call::Moments { desc, x, mean, var } => moments(t, desc, x, mean, var),
+                        Call::Partials { desc, x, out } => partials(t, desc, x, out),
                         // A residual where a scale may overflow: the plain pass (which finishes such channels
                         // after its vector pass), then the epilogue over the output.
                         Call::Training { desc, data, gamma, beta, eps, mean, var, epi } => {

@@ -20,6 +20,7 @@ use super::{Epi, Io};
 use crate::arch::Simd;
 use crate::arch::scalar::Scalar;
 use crate::layout::{Layout, TensorDesc};
+use crate::partial::Partial;
 
 /// What the pass does to one channel's elements.
 #[derive(Clone, Copy)]
@@ -440,6 +441,45 @@ pub(crate) fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut 
     }
 }
 
+/// Partial statistics (see `ops::partials_op`): the walks of [`moments`] (so the same bits), sixteen
+/// channels at a time through stack scratch.
+pub(crate) fn partials(desc: &TensorDesc, x: &[f32], out: &mut [Partial]) {
+    let sh = desc.shape();
+    let (n, c, s) = (sh.n, sh.c, sh.spatial);
+    let count = sh.count() as u64;
+    match desc.layout() {
+        Layout::Nchw => {
+            for (ch, o) in out.iter_mut().enumerate().take(c) {
+                let (m, l, v) = channel_stats(x, &Walk::plane(n, c, s, ch));
+                *o = Partial::from_stats(count, m, l, v);
+            }
+        }
+        Layout::Nhwc => {
+            for c0 in (0..c).step_by(16) {
+                partials_of_groups(x, count, Walk::rows(n * s, c, c0), &mut out[c0..(c0 + 16).min(c)]);
+            }
+        }
+        Layout::Blocked { block } => {
+            let blocks = c.div_ceil(block);
+            for cb in 0..blocks {
+                let real = (c - cb * block).min(block);
+                let w = Walk::block(n, s, block, blocks, cb);
+                partials_of_groups(x, count, w, &mut out[cb * block..cb * block + real]);
+            }
+        }
+    }
+}
+
+/// [`moments_of_groups`] of the `out.len() ≤ 16` channels whose walks start at `w.first`, … into `out`.
+fn partials_of_groups(x: &[f32], count: u64, w: Walk, out: &mut [Partial]) {
+    let (mut m, mut l, mut v) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    let k = out.len();
+    moments_of_groups(x, 0, k, w, &mut m[..k], &mut v[..k], &mut l[..k]);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = Partial::from_stats(count, m[j], l[j], v[j]);
+    }
+}
+
 /// Training: each group's statistics (the walks of [`moments`], so the same bits), then that group's
 /// normalise pass with the mean as `m + lo` — an NCHW channel, four adjacent channels-last channels (or
 /// one), a channel block. The stack holds one group's state, whatever the tensor; every value is read
@@ -716,6 +756,36 @@ mod tests {
                         let var_err = (f64::from(var[ch]) - q).abs();
                         assert!(var_err <= 32.0 * u * q, "{what}: var {} vs {q}", var[ch]);
                     }
+                }
+            }
+        }
+    }
+
+    /// The compact partials are `moments`' statistics: the mean bit for bit, `M2/count` the variance bit
+    /// for bit (`var·count` is exact in f64 for these counts), the count `N·S`, and a `lo` below half an
+    /// ulp of the mean.
+    #[test]
+    fn partials_are_the_moments() {
+        for (n, c, s) in [(2, 5, 7), (1, 19, 3), (3, 37, 1), (2, 4, 2)] {
+            for layout in LAYOUTS {
+                let d = TensorDesc::new(Shape::new(n, c, s), layout).unwrap();
+                let x: Vec<f32> = values(d.len(), c).iter().map(|v| v * 1e3).collect();
+                let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
+                moments(&d, &x, &mut mean, &mut var);
+                let mut out = vec![Partial::EMPTY; c];
+                partials(&d, &x, &mut out);
+                for j in 0..c {
+                    let p = out[j];
+                    let what = format!("{n}x{c}x{s} {layout:?} channel {j}");
+                    assert_eq!(p.count, (n * s) as u64, "{what}");
+                    assert_eq!(p.mean_hi.to_bits(), mean[j].to_bits(), "{what}");
+                    assert_eq!(((p.m2 / p.count as f64) as f32).to_bits(), var[j].to_bits(), "{what}");
+                    // `lo` is below half an ulp of the rounded mean.
+                    assert!(
+                        p.mean_lo.abs() <= p.mean_hi.abs() * f32::EPSILON / 2.0,
+                        "{what}: lo {}",
+                        p.mean_lo
+                    );
                 }
             }
         }

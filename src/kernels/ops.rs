@@ -17,6 +17,7 @@ use super::stats::{PlaneStats, Weight, contiguous_moments};
 use super::{Epi, Epilogue, GROUP, Io, Prefetch, Rows, WIDE_GROUP};
 use crate::arch::Simd;
 use crate::layout::{Layout, TensorDesc};
+use crate::partial::Partial;
 
 // Training chunks hold about `tuning().train_chunk_bytes` of x (when a channel's data allows), so that
 // the normalise pass re-reads them from the core's L2 cache; outputs of at least
@@ -49,6 +50,11 @@ pub(crate) enum Call<'a> {
         x: &'a [f32],
         mean: &'a mut [f32],
         var: &'a mut [f32],
+    },
+    Partials {
+        desc: &'a TensorDesc,
+        x: &'a [f32],
+        out: &'a mut [Partial],
     },
     Training {
         desc: &'a TensorDesc,
@@ -316,6 +322,40 @@ fn moments<S: RangeStats, const G: usize, const CH: bool>(
     for (c0, c1) in chunks::<G>(desc, G) {
         let lo = &mut lo[..c1 - c0];
         s.range_stats(CH, desc, x, c0, c1, &mut mean[c0..c1], lo, &mut var[c0..c1]);
+    }
+}
+
+/// Per-channel partial statistics of the whole tensor (`out`: C long) with tier `s`: the statistics of
+/// [`moments_op`], channel range by channel range, each channel's `(mean, lo, var)` kept as a
+/// [`Partial`] (the mean as the pair `mean + lo`, M2 = var·count in f64).
+#[inline(always)]
+pub(crate) fn partials_op<S: RangeStats>(s: S, desc: &TensorDesc, x: &[f32], out: &mut [Partial]) {
+    if S::COMPACT {
+        super::compact::partials(desc, x, out);
+        return;
+    }
+    if wide(desc) {
+        partials::<S, WIDE_GROUP, true>(s, desc, x, out)
+    } else {
+        partials::<S, GROUP, false>(s, desc, x, out)
+    }
+}
+
+#[inline(always)]
+fn partials<S: RangeStats, const G: usize, const CH: bool>(
+    s: S,
+    desc: &TensorDesc,
+    x: &[f32],
+    out: &mut [Partial],
+) {
+    let (mut mean, mut lo, mut var) = ([0.0f32; G], [0.0f32; G], [0.0f32; G]);
+    let count = desc.shape().count() as u64;
+    for (c0, c1) in chunks::<G>(desc, G) {
+        let k = c1 - c0;
+        s.range_stats(CH, desc, x, c0, c1, &mut mean[..k], &mut lo[..k], &mut var[..k]);
+        for (j, o) in out[c0..c1].iter_mut().enumerate() {
+            *o = Partial::from_stats(count, mean[j], lo[j], var[j]);
+        }
     }
 }
 
