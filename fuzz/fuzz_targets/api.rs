@@ -48,12 +48,34 @@ fuzz_target!(|bytes: &[u8]| {
         0 => {
             let (mut m, mut v) = (vec![SENTINEL; near(c, d[1])], vec![SENTINEL; near(c, d[2])]);
             let ok = lengths_ok(&[x.len()]) && chans_ok(&[m.len(), v.len()]);
-            match k.moments(&desc, &x, &mut m, &mut v) {
-                Err(_) => assert!(!ok && untouched(&m) && untouched(&v)),
-                Ok(()) => {
+            let moments_ok = k.moments(&desc, &x, &mut m, &mut v).is_ok();
+            match moments_ok {
+                false => assert!(!ok && untouched(&m) && untouched(&v)),
+                true => {
                     assert!(ok);
                     if comparable {
                         check_moments(&case, &m, &v).unwrap();
+                    }
+                }
+            }
+            // Partial statistics of the same tensor (an output of the mean's fuzzed length): an `Err`
+            // writes nothing; an `Ok` finishes to moments' mean bit for bit, and merging a part with
+            // itself doubles its count and keeps its mean.
+            let sentinel = bnorm::Partial { count: 7, mean_hi: SENTINEL, mean_lo: SENTINEL, m2: 1.0 };
+            let mut parts = vec![sentinel; near(c, d[1])];
+            match k.partial_moments(&desc, &x, &mut parts) {
+                Err(_) => assert!((x.len() != len || parts.len() != c) && parts.iter().all(|q| *q == sentinel)),
+                Ok(()) => {
+                    assert!(x.len() == len && parts.len() == c);
+                    let (mut fm, mut fv) = (vec![SENTINEL; c], vec![SENTINEL; c]);
+                    bnorm::finish_partials(&parts, &mut fm, &mut fv).unwrap();
+                    if moments_ok {
+                        assert!(fm.iter().zip(&m).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
+                    }
+                    for q in &parts {
+                        let twice = q.merge(*q);
+                        assert_eq!(twice.count, 2 * q.count);
+                        assert!(twice.mean_hi.to_bits() == q.mean_hi.to_bits() || !q.mean_hi.is_finite() || !twice.mean_hi.is_finite());
                     }
                 }
             }
