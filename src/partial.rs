@@ -115,8 +115,10 @@ pub fn finish_partials(partials: &[Partial], mean: &mut [f32], var: &mut [f32]) 
     }
     for ((p, m), v) in partials.iter().zip(mean.iter_mut()).zip(var.iter_mut()) {
         *m = p.mean_hi;
-        // A rounding-negative M2 cannot come from the kernels or a merge; clamp as they do.
-        *v = (p.m2 / p.count as f64).max(0.0) as f32;
+        // A negative M2 (only from a hand-made partial) gives 0, as the kernels' rounding-negative M2
+        // does; a NaN stays NaN (`f64::max` would turn it into 0 and hide a bad value in the channel).
+        let var = p.m2 / p.count as f64;
+        *v = if var < 0.0 { 0.0 } else { var as f32 };
     }
     Ok(())
 }

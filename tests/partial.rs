@@ -151,6 +151,11 @@ fn exact_cases() {
     let nan = Partial { count: 2, mean_hi: f32::NAN, mean_lo: 0.0, m2: f64::NAN };
     let r = a.merge(nan);
     assert!(r.mean_hi.is_nan() && r.m2.is_nan() && r.count == 3);
+    // And through finish: a NaN channel stays NaN in mean and variance, its neighbour is untouched by it.
+    let (mut mean, mut var) = ([0.0f32; 2], [0.0f32; 2]);
+    bnorm::finish_partials(&[r, ab], &mut mean, &mut var).unwrap();
+    assert!(mean[0].is_nan() && var[0].is_nan(), "{mean:?} {var:?}");
+    assert_eq!((mean[1], var[1]), (2.0, 1.0));
 }
 
 /// A slice of partials is bytes for a transport, and comes back the same.
