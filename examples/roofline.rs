@@ -5,6 +5,11 @@
 //!
 //! `cargo run --release --example roofline [-- --quick] [--filter TEXT] [--isa NAME] [--offset K] [--skip-limit]`
 //!
+//! `--threads T` (built with `--features rayon`) runs every operation through the parallel front end
+//! (`bnorm::par`) on a rayon pool of T threads, and the limit passes on T threads too; without it
+//! everything runs on one thread. (The backward operations have no parallel form yet: with `--threads`
+//! they run serially, inside the pool, and their rows say `serial`.)
+//!
 //! `--skip-limit` leaves out the in-process limit passes (their columns read 0): for scripts that
 //! measure the limit themselves, such as `scripts/side_by_side.py`.
 //!
@@ -46,6 +51,49 @@ const OPS: [&str; 13] = [
     "backward-relu",
 ];
 
+/// The operations serial or, with `--threads` (feature `rayon`), on a pool of that many threads:
+/// `call!(ops, method(args))` runs `Kernels::method` or `Par::method`. The whole timing loop of an
+/// operation runs inside the pool (`in_pool!`), as a caller's work would: entering the pool once per
+/// call costs a hand-over to a worker thread and back (tens of microseconds here), more than a small
+/// tensor's whole call.
+struct Ops {
+    k: Kernels,
+    #[cfg(feature = "rayon")]
+    pool: Option<rayon::ThreadPool>,
+}
+
+#[cfg(feature = "rayon")]
+macro_rules! call {
+    ($ops:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        // (The timing loop runs inside the pool: `in_pool!` below.)
+        match &$ops.pool {
+            Some(_) => $ops.k.par().$method($($arg),*),
+            None => $ops.k.$method($($arg),*),
+        }
+    };
+}
+
+#[cfg(not(feature = "rayon"))]
+macro_rules! call {
+    ($ops:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        $ops.k.$method($($arg),*)
+    };
+}
+
+/// Runs `f` inside the pool, if there is one (the serial operations under `--threads`).
+macro_rules! in_pool {
+    ($ops:expr, $f:expr) => {{
+        #[cfg(feature = "rayon")]
+        let r = match &$ops.pool {
+            Some(pool) => pool.install($f),
+            None => ($f)(),
+        };
+        #[cfg(not(feature = "rayon"))]
+        let r = ($f)();
+        r
+    }};
+}
+
 /// Median seconds of `reps` calls after one warm-up call.
 fn median(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -77,14 +125,49 @@ struct Limit {
     store: f64,
 }
 
-fn limit(k: &Kernels, x: &[f32], y: &mut [f32], reps: usize) -> Limit {
+fn limit(k: &Kernels, x: &[f32], y: &mut [f32], reps: usize, threads: usize) -> Limit {
     let bytes = x.len() as f64 * 4.0;
+    if threads > 1 {
+        return threaded_limit(k, x, y, reps, threads, bytes);
+    }
     let mut sink = 0.0;
     let read = bytes / best(reps, || sink += __bench::read_pass(k, x)) / 1e9;
     std::hint::black_box(sink);
     let nt = 2.0 * bytes / best(reps, || __bench::scale_pass(k, x, y, true)) / 1e9;
     let store = 2.0 * bytes / best(reps, || __bench::scale_pass(k, x, y, false)) / 1e9;
     Limit { read, nt, store }
+}
+
+/// The limit passes on `threads` threads, each over its own contiguous share of the buffers.
+#[cfg(feature = "rayon")]
+fn threaded_limit(k: &Kernels, x: &[f32], y: &mut [f32], reps: usize, threads: usize, bytes: f64) -> Limit {
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let share = x.len().div_ceil(threads).next_multiple_of(16);
+    let read = bytes
+        / best(reps, || {
+            let s: f32 = pool.install(|| x.par_chunks(share).map(|c| __bench::read_pass(k, c)).sum());
+            std::hint::black_box(s);
+        })
+        / 1e9;
+    let mut pass = |stream| {
+        2.0 * bytes
+            / best(reps, || {
+                pool.install(|| {
+                    x.par_chunks(share)
+                        .zip(y.par_chunks_mut(share))
+                        .for_each(|(a, b)| __bench::scale_pass(k, a, b, stream))
+                })
+            })
+            / 1e9
+    };
+    let (nt, store) = (pass(true), pass(false));
+    Limit { read, nt, store }
+}
+
+#[cfg(not(feature = "rayon"))]
+fn threaded_limit(_: &Kernels, _: &[f32], _: &mut [f32], _: usize, _: usize, _: f64) -> Limit {
+    unreachable!("--threads is refused without the rayon feature")
 }
 
 struct Row {
@@ -114,11 +197,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None if quick => vec![Isa::detect()],
         None => Isa::available().collect(),
     };
+    let threads: usize =
+        arg("--threads").map_or(Ok(1), |v| v.parse()).map_err(|_| "--threads takes a count")?;
+    if threads == 0 {
+        return Err("--threads takes a count of at least 1".into());
+    }
+    let threaded = arg("--threads").is_some();
+    if threaded && cfg!(not(feature = "rayon")) {
+        return Err(
+            "--threads needs the parallel front end: cargo run --release --features rayon --example roofline"
+                .into(),
+        );
+    }
     let best_k = Kernels::detect();
     println!(
-        "bnorm roofline: detected {}, timing {:?}, one thread, buffers {} floats past a 64-byte line",
+        "bnorm roofline: detected {}, timing {:?}, {}, buffers {} floats past a 64-byte line",
         best_k.isa(),
         isas,
+        if threaded { format!("bnorm::par on {threads} threads") } else { "one thread".to_string() },
         offset
     );
     let t = __bench::tuning();
@@ -182,7 +278,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let lim = if skip_limit {
             Limit { read: 0.0, nt: 0.0, store: 0.0 }
         } else {
-            limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 })
+            limit(&best_k, &x[..tlen], &mut y[..tlen], if quick { 3 } else { 10 }, threads)
         };
         println!(
             "| {name} | limit | read {:.1}, r+w NT {:.1}, r+w store {:.1} | | | | |",
@@ -205,17 +301,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         continue;
                     }
                     let k = Kernels::new(isa).ok_or("tier vanished")?;
+                    let ops = Ops {
+                        k,
+                        #[cfg(feature = "rayon")]
+                        pool: threaded
+                            .then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build())
+                            .transpose()?,
+                    };
                     let xs = &x[..len];
-                    let t = match op {
-                        "moments" => median(reps, || k.moments(&desc, xs, &mut mean, &mut var).unwrap()),
+                    let t = in_pool!(ops, || match op {
+                        "moments" => {
+                            median(reps, || call!(ops, moments(&desc, xs, &mut mean, &mut var)).unwrap())
+                        }
                         "train" => median(reps, || {
-                            k.forward_training(&desc, xs, &mut y[..len], &aff, &mut mean, &mut var).unwrap()
+                            call!(ops, forward_training(&desc, xs, &mut y[..len], &aff, &mut mean, &mut var))
+                                .unwrap()
                         }),
                         "infer" => median(reps, || {
-                            k.forward_inference(&desc, xs, &mut y[..len], &aff, &mean, &var).unwrap()
+                            call!(ops, forward_inference(&desc, xs, &mut y[..len], &aff, &mean, &var))
+                                .unwrap()
                         }),
                         "affine" => median(reps, || {
-                            k.channel_affine(&desc, xs, &mut y[..len], &gamma, &beta).unwrap()
+                            call!(
+                                ops,
+                                channel_affine_with(&desc, xs, &mut y[..len], &gamma, &beta, Epilogue::None)
+                            )
+                            .unwrap()
                         }),
                         "backward" | "backward-global" => {
                             let saved = if op == "backward" {
@@ -226,7 +337,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             let dys = &dy[..len];
                             median(reps, || {
                                 let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
-                                k.backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g).unwrap()
+                                in_pool!(ops, || k.backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g))
+                                    .unwrap()
                             })
                         }
                         "train-relu" | "train-addrelu" => {
@@ -236,14 +348,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 Epilogue::AddRelu(&dy[..len])
                             };
                             median(reps, || {
-                                k.forward_training_with(
-                                    &desc,
-                                    xs,
-                                    &mut y[..len],
-                                    &aff,
-                                    &mut mean,
-                                    &mut var,
-                                    e,
+                                call!(
+                                    ops,
+                                    forward_training_with(
+                                        &desc,
+                                        xs,
+                                        &mut y[..len],
+                                        &aff,
+                                        &mut mean,
+                                        &mut var,
+                                        e
+                                    )
                                 )
                                 .unwrap()
                             })
@@ -255,8 +370,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 Epilogue::AddRelu(&dy[..len])
                             };
                             median(reps, || {
-                                k.forward_inference_with(&desc, xs, &mut y[..len], &aff, &mean, &var, e)
-                                    .unwrap()
+                                call!(
+                                    ops,
+                                    forward_inference_with(&desc, xs, &mut y[..len], &aff, &mean, &var, e)
+                                )
+                                .unwrap()
                             })
                         }
                         "backward-relu" => {
@@ -277,23 +395,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             median(reps, || {
                                 let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
                                 let e = bnorm::GradEpilogue::Relu { y: &fwd };
-                                k.backward_with(&desc, xs, dys, &mut y[..len], &aff, &saved, g, e).unwrap()
+                                in_pool!(ops, || k.backward_with(
+                                    &desc,
+                                    xs,
+                                    dys,
+                                    &mut y[..len],
+                                    &aff,
+                                    &saved,
+                                    g,
+                                    e
+                                ))
+                                .unwrap()
                             })
                         }
                         "train-inplace" => {
                             y[..len].copy_from_slice(xs);
                             median(reps, || {
-                                k.forward_training_in_place(&desc, &mut y[..len], &aff, &mut mean, &mut var)
-                                    .unwrap()
+                                let e = Epilogue::None;
+                                call!(
+                                    ops,
+                                    forward_training_in_place_with(
+                                        &desc,
+                                        &mut y[..len],
+                                        &aff,
+                                        &mut mean,
+                                        &mut var,
+                                        e
+                                    )
+                                )
+                                .unwrap()
                             })
                         }
                         _ => {
                             y[..len].copy_from_slice(xs);
                             median(reps, || {
-                                k.forward_inference_in_place(&desc, &mut y[..len], &aff, &mean, &var).unwrap()
+                                let e = Epilogue::None;
+                                call!(
+                                    ops,
+                                    forward_inference_in_place_with(
+                                        &desc,
+                                        &mut y[..len],
+                                        &aff,
+                                        &mean,
+                                        &var,
+                                        e
+                                    )
+                                )
+                                .unwrap()
                             })
                         }
-                    };
+                    });
                     // Backward reads x and dy and writes dx: three tensors against the read+write limit.
                     let (moved, lim_op) = match op {
                         "moments" => (1.0, lim.read),
@@ -303,7 +454,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
                     let pct = if lim_op > 0.0 { 100.0 * gbps / lim_op } else { 0.0 };
-                    println!("| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |", lname);
+                    let serial = if threaded && op.starts_with("backward") { " (serial)" } else { "" };
+                    println!(
+                        "| {name} | {} | {op}{serial} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |",
+                        lname
+                    );
                     rows.push(Row { shape: name, layout: lname, op, isa, gbps, limit: lim_op });
                 }
             }

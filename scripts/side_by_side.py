@@ -23,9 +23,13 @@ dγ and dβ) against oneDNN's `prop_kind::backward`, through scripts/onednn3_bn.
 scripts/peer_setup.sh as onednn3_bn_ext); its GB/s count 3 x tensor bytes (x and dy read, dx written)
 and its floor is 3 / (2/read + 3/limit), two passes over x and dy.
 
-usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [--modes MODE,...] [SHAPE...]
+`--threads T` runs bnorm through its parallel front end (`bnorm::par`, the roofline example's
+`--threads T`, built with `--features rayon`) and oneDNN with OMP_NUM_THREADS=T; the limit and floor
+columns are then the roofline example's T-thread limit passes (stream_limit is single-threaded).
+
+usage: scripts/side_by_side.py [--rounds N] [--isa NAME] [--threads T] [--modes MODE,...] [SHAPE...]
 needs: shared/peers/setup.sh (oneDNN, stream_limit), scripts/peer_setup.sh (for bwd) and
-`cargo build --release --example roofline`.
+`cargo build --release --example roofline` (with `--features rayon` for `--threads`).
 """
 import json
 import os
@@ -41,6 +45,7 @@ PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/bnorm-peers"))
 ROOFLINE = os.path.join(ROOT, "target", "release", "examples", "roofline")
 LAYOUTS = ["nchw", "nhwc", "nChw4c", "nChw8c", "nChw16c"]  # oneDNN has no nChw4c
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+THREADS = None  # --threads T
 # side_by_side mode -> the roofline example's op.
 OPS = {"train": "train", "infer": "infer", "bwd": "backward", "bwd_global": "backward-global",
        "train_relu": "train-relu", "infer_relu": "infer-relu",
@@ -56,8 +61,12 @@ def run(cmd):
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True).stdout
 
 
-def limit(elems, r):
+def limit(elems, r, name=None):
     """(read+write limit, read limit) in GB/s."""
+    if THREADS:
+        out = run([ROOFLINE, "--threads", str(THREADS), "--filter", f"{name}/nchw/moments/avx512"])
+        m = re.search(r"read ([\d.]+), r\+w NT ([\d.]+), r\+w store ([\d.]+)", out)
+        return max(float(m.group(2)), float(m.group(3))), float(m.group(1))
     out = run([os.path.join(PEERS, "stream_limit"), str(elems), str(r + 5)])
     rd = float(re.search(r"read ([\d.]+)", out).group(1))
     nt = float(re.search(r"NT-store ([\d.]+)", out).group(1))
@@ -74,7 +83,8 @@ def onednn(fmt, mode, n, c, h, w, r, isa):
 
 
 def bnorm(name, fmt, mode, isa, offset=0):
-    out = run([ROOFLINE, "--isa", isa, "--skip-limit", "--offset", str(offset),
+    threads = ["--threads", str(THREADS)] if THREADS else []
+    out = run([ROOFLINE, "--isa", isa, "--skip-limit", "--offset", str(offset), *threads,
                "--filter", f"{name}/{fmt}/{OPS[mode]}/"])
     for line in out.splitlines():
         c = [x.strip() for x in line.split("|")]
@@ -94,6 +104,10 @@ def main():
             modes = args.pop(0).split(",")
         elif a == "--isa":
             isa = args.pop(0)
+        elif a == "--threads":
+            global THREADS
+            THREADS = int(args.pop(0))
+            ENV["OMP_NUM_THREADS"] = str(THREADS)
         else:
             only.append(a)
     shapes = []
@@ -103,7 +117,8 @@ def main():
         name, *dims = line.split()
         if not only or name in only:
             shapes.append((name, [int(d) for d in dims]))
-    print(f"bnorm tier {isa}; oneDNN {'capped at AVX2' if isa == 'avx2' else 'uncapped'}; cells: "
+    print(f"bnorm tier {isa}; oneDNN {'capped at AVX2' if isa == 'avx2' else 'uncapped'}; "
+          f"{THREADS or 1} thread(s){' (bnorm::par)' if THREADS else ''}; cells: "
           "bnorm aligned (bnorm Vec) / oneDNN, GB/s")
     print("| shape | mode | limit | floor | " + " | ".join(LAYOUTS) + " |")
     print("|---|---|---|---|" + "---|" * len(LAYOUTS))
@@ -114,7 +129,7 @@ def main():
             for fmt in LAYOUTS:
                 ours, vec, theirs = [], [], []
                 for _ in range(rounds):
-                    rw, rr = limit(n * c * h * w, r)
+                    rw, rr = limit(n * c * h * w, r, name)
                     lim.append(rw)
                     rd.append(rr)
                     if fmt != "nChw4c":

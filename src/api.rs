@@ -152,7 +152,7 @@ pub(crate) fn check_len(what: &'static str, s: &[f32], expected: usize) -> Resul
     if s.len() == expected { Ok(()) } else { Err(Error::LengthMismatch { what, expected, found: s.len() }) }
 }
 
-fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Error> {
+pub(crate) fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Error> {
     Ok(match e {
         Epilogue::None => Epi::NONE,
         Epilogue::Relu => Epi { relu: true, z: None },
@@ -163,7 +163,7 @@ fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Err
     })
 }
 
-fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
+pub(crate) fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
     check_affine_channels(desc.shape().c, a)
 }
 
@@ -180,13 +180,13 @@ fn check_affine_channels(c: usize, a: &Affine<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_stats_out(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
+pub(crate) fn check_stats_out(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
     let c = desc.shape().c;
     check_len("mean", mean, c)?;
     check_len("var", var, c)
 }
 
-fn check_stats_in(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
+pub(crate) fn check_stats_in(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
     check_stats_out(desc, mean, var)?;
     check_variances(var)
 }
@@ -201,6 +201,22 @@ fn check_variances(var: &[f32]) -> Result<(), Error> {
         Some(channel) => Err(Error::InvalidVariance { channel, var: var[channel] }),
         None => Ok(()),
     }
+}
+
+pub(crate) fn check_partials_in<'a>(
+    desc: &TensorDesc,
+    affine: &Affine<'a>,
+    partials: &'a [Partial],
+) -> Result<ParamSrc<'a>, Error> {
+    let c = desc.shape().c;
+    if partials.len() != c {
+        return Err(Error::LengthMismatch { what: "partials", expected: c, found: partials.len() });
+    }
+    if let Some(channel) = partials.iter().position(|p| p.count == 0) {
+        return Err(Error::EmptyPartial { channel });
+    }
+    check_affine(desc, affine)?;
+    Ok(ParamSrc::Partials { partials, gamma: affine.gamma, beta: affine.beta, eps: affine.eps })
 }
 
 fn check_grads(desc: &TensorDesc, g: &ParamGrads<'_>) -> Result<(), Error> {
@@ -354,6 +370,55 @@ impl Kernels {
         Ok(())
     }
 
+    /// Training's normalise pass with statistics merged from parts (PyTorch's `batch_norm_elemt`, the
+    /// second half of SyncBN's forward): `y = (x − mean)·γ/√(var + ε) + β` with each channel's mean
+    /// the pair `mean_hi + mean_lo` and its variance `M2/count` of `partials` (C merged
+    /// [`Partial`]s, see [`crate::merge_partials`]), computed exactly as
+    /// [`forward_training_with`](Self::forward_training_with) normalises with the batch's statistics.
+    /// `desc` is the tensor's or a part's ([`crate::Part`]; `partials` then cut to its channels with
+    /// [`Part::per_channel`](crate::Part::per_channel)).
+    ///
+    /// Given the partials of the whole tensor in one part, the outputs are `forward_training_with`'s
+    /// bits; given merged parts, they differ from them only through the statistics (merged parts meet
+    /// the same accuracy bounds).
+    ///
+    /// Errors: slice lengths (`x`, `y`: `desc.len()`; `partials`, `gamma`, `beta`: C), ε negative or not
+    /// finite, a partial that counts no values ([`Error::EmptyPartial`]), a residual not `desc.len()`
+    /// long (`"z"`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from_partials(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        partials: &[Partial],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        let params = check_partials_in(desc, affine, partials)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
+        Ok(())
+    }
+
+    /// [`forward_from_partials`](Self::forward_from_partials) overwriting its input: gives the same bits.
+    pub fn forward_from_partials_in_place(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        partials: &[Partial],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        let params = check_partials_in(desc, affine, partials)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
+        Ok(())
+    }
+
     /// Inference forward with given statistics (running mean and variance):
     /// `y = (x − mean)·γ/√(var + ε) + β`.
     ///
@@ -392,7 +457,8 @@ impl Kernels {
         check_stats_in(desc, mean, var)?;
         check_affine(desc, affine)?;
         let epi = check_epilogue(desc, epilogue)?;
-        let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
+        let params =
+            ParamSrc::Stats { mean, lo: None, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
         Ok(())
     }
@@ -426,7 +492,8 @@ impl Kernels {
         check_stats_in(desc, mean, var)?;
         check_affine(desc, affine)?;
         let epi = check_epilogue(desc, epilogue)?;
-        let params = ParamSrc::Stats { mean, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
+        let params =
+            ParamSrc::Stats { mean, lo: None, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
         Ok(())
     }
@@ -916,6 +983,29 @@ pub fn forward_training_in_place_with(
     epilogue: Epilogue<'_>,
 ) -> Result<(), Error> {
     Kernels::for_free_functions().forward_training_in_place_with(desc, xy, affine, mean, var, epilogue)
+}
+
+/// [`Kernels::forward_from_partials`] on the best available tier.
+pub fn forward_from_partials(
+    desc: &TensorDesc,
+    x: &[f32],
+    y: &mut [f32],
+    affine: &Affine<'_>,
+    partials: &[Partial],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_from_partials(desc, x, y, affine, partials, epilogue)
+}
+
+/// [`Kernels::forward_from_partials_in_place`] on the best available tier.
+pub fn forward_from_partials_in_place(
+    desc: &TensorDesc,
+    xy: &mut [f32],
+    affine: &Affine<'_>,
+    partials: &[Partial],
+    epilogue: Epilogue<'_>,
+) -> Result<(), Error> {
+    Kernels::for_free_functions().forward_from_partials_in_place(desc, xy, affine, partials, epilogue)
 }
 
 /// [`Kernels::forward_inference_with`] on the best available tier.

@@ -77,6 +77,26 @@ pub enum Error {
         /// The first such channel.
         channel: usize,
     },
+    /// A part of a tensor ([`TensorDesc::batch_part`](crate::TensorDesc::batch_part) and its siblings)
+    /// whose range is empty, past the tensor, or not on a channel block's boundary.
+    InvalidPart {
+        /// `"batch"`, `"channel"`, `"channel (whole blocks)"` or `"spatial"`.
+        axis: &'static str,
+        /// The range's start.
+        start: usize,
+        /// Its end (exclusive).
+        end: usize,
+        /// The axis's size.
+        size: usize,
+    },
+    /// A part along an axis whose ranges are not contiguous in this layout (channels of NHWC, spatial
+    /// positions of NCHW and blocked).
+    PartLayout {
+        /// The tensor's layout.
+        layout: crate::Layout,
+        /// `"channel"` or `"spatial"`.
+        axis: &'static str,
+    },
     /// A [`Partial`](crate::Partial) that counts no values was given to be finished.
     EmptyPartial {
         /// The first such channel.
@@ -127,6 +147,15 @@ impl fmt::Display for Error {
                 "gradient sums over a batch of n={}, c={}, spatial={} cannot cover a tensor of n={}, c={}, spatial={}: \
                  the channels must match and the batch must hold at least as many values per channel",
                 batch.n, batch.c, batch.spatial, local.n, local.c, local.spatial
+            ),
+            Error::InvalidPart { axis, start, end, size } => write!(
+                f,
+                "{axis} range {start}..{end} is not a part of 0..{size}: it must be non-empty and inside the tensor"
+            ),
+            Error::PartLayout { layout, axis } => write!(
+                f,
+                "{axis} ranges of a {layout:?} tensor are not contiguous: cut channels of NCHW and blocked \
+                 tensors, spatial positions of NHWC ones"
             ),
             Error::NoBatches => {
                 write!(f, "a cumulative average over 0 batches: count batches from 1, this one included")

@@ -84,6 +84,8 @@ mod dispatch;
 mod error;
 mod kernels;
 mod layout;
+#[cfg(feature = "rayon")]
+pub mod par;
 mod partial;
 mod tuning;
 
@@ -91,14 +93,14 @@ pub use api::{
     Affine, Epilogue, GradEpilogue, GradSums, Momentum, ParamGrads, Saved, StatsMode, backward,
     backward_elementwise, backward_elementwise_in_place, backward_in_place, backward_in_place_with,
     backward_reduce, backward_with, channel_affine, channel_affine_in_place, channel_affine_in_place_with,
-    channel_affine_with, fold_scale_shift, forward_inference, forward_inference_in_place,
-    forward_inference_in_place_with, forward_inference_with, forward_training, forward_training_in_place,
-    forward_training_in_place_with, forward_training_with, moments, relu_backward, relu_backward_in_place,
-    update_running_stats,
+    channel_affine_with, fold_scale_shift, forward_from_partials, forward_from_partials_in_place,
+    forward_inference, forward_inference_in_place, forward_inference_in_place_with, forward_inference_with,
+    forward_training, forward_training_in_place, forward_training_in_place_with, forward_training_with,
+    moments, relu_backward, relu_backward_in_place, update_running_stats,
 };
 pub use dispatch::{Isa, Kernels};
 pub use error::Error;
-pub use layout::{Layout, Shape, TensorDesc};
+pub use layout::{Layout, Part, PartsMut, Shape, Split, TensorDesc};
 pub use partial::{
     Partial, finish_partials, merge_partials, partial_moments, update_running_stats_from_partials,
 };

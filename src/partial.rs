@@ -55,6 +55,14 @@ impl Partial {
         self.m2 / self.count as f64
     }
 
+    /// The finished statistics as the kernels use them: the mean pair and the population variance
+    /// rounded to f32 (a negative `M2`, only from a hand-made partial, gives 0 as the kernels' rounding
+    /// does; a NaN stays NaN). For a non-empty partial.
+    pub(crate) fn finish_one(&self) -> (f32, f32, f32) {
+        let var = self.m2 / self.count as f64;
+        (self.mean_hi, self.mean_lo, if var < 0.0 { 0.0 } else { var as f32 })
+    }
+
     /// The statistics of both parts' values together (Chan's formula, see the type's docs). An empty
     /// side returns the other side unchanged; a NaN or infinite value in either stays in the result.
     #[must_use]
@@ -114,11 +122,8 @@ pub fn finish_partials(partials: &[Partial], mean: &mut [f32], var: &mut [f32]) 
         return Err(Error::EmptyPartial { channel });
     }
     for ((p, m), v) in partials.iter().zip(mean.iter_mut()).zip(var.iter_mut()) {
-        *m = p.mean_hi;
-        // A negative M2 (only from a hand-made partial) gives 0, as the kernels' rounding-negative M2
-        // does; a NaN stays NaN (`f64::max` would turn it into 0 and hide a bad value in the channel).
-        let var = p.m2 / p.count as f64;
-        *v = if var < 0.0 { 0.0 } else { var as f32 };
+        // (A NaN M2 stays NaN: `f64::max` would turn it into 0 and hide a bad value in the channel.)
+        (*m, _, *v) = p.finish_one();
     }
     Ok(())
 }

@@ -439,6 +439,10 @@ macro_rules! tier_entries {
                     match call {
                         Call::Moments { desc, x, mean, var } => moments(t, desc, x, mean, var),
                         Call::Partials { desc, x, out } => partials(t, desc, x, out),
+                        #[cfg(feature = "rayon")]
+                        Call::RangeMoments { desc, x, c0, c1, mean, lo, var } => {
+                            ops::range_moments_op(t, desc, x, (c0, c1), mean, lo, var)
+                        }
                         // A residual where a scale may overflow: the plain pass (which finishes such channels
                         // after its vector pass), then the epilogue over the output.
                         Call::Training { desc, data, gamma, beta, eps, mean, var, epi } => {
@@ -461,10 +465,7 @@ macro_rules! tier_entries {
                             }
                         }
                         Call::Normalize { desc, data, params, epi } => {
-                            let gamma = match params {
-                                ParamSrc::Stats { gamma, .. } => gamma,
-                                ParamSrc::Affine { .. } => None,
-                            };
+                            let gamma = params.gamma();
                             match (data, epi.z) {
                                 (Data::Split(x, y), Some(_)) if ops::may_overflow(gamma) => {
                                     normalize_split(t, desc, x, y, params, &Epi::NONE);

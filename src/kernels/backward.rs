@@ -270,7 +270,7 @@ fn backward<S: Simd>(
     // Channels per group.
     let g = coef.len();
     let tn = tuning::get();
-    let stream = matches!(data, GradData::Split(..)) && desc.len() >= tn.stream_min_bytes / 4;
+    let stream = matches!(data, GradData::Split(..)) && desc.store_len() >= tn.stream_min_bytes / 4;
     let reduce_only = matches!(data, GradData::Reduce(..));
     let need_reduce =
         reduce_only || (p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some()));

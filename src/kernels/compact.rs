@@ -38,7 +38,14 @@ impl Channel {
     #[inline(always)]
     fn of(src: &ParamSrc<'_>, c: usize) -> Channel {
         match *src {
-            ParamSrc::Stats { mean, var, gamma, beta, eps } => {
+            ParamSrc::Stats { mean, lo: Some(lo), var, gamma, beta, eps } => {
+                Channel::train((gamma, beta, eps), c, mean[c], lo[c], var[c])
+            }
+            ParamSrc::Partials { partials, gamma, beta, eps } => {
+                let (m, lo, var) = partials[c].finish_one();
+                Channel::train((gamma, beta, eps), c, m, lo, var)
+            }
+            ParamSrc::Stats { mean, lo: None, var, gamma, beta, eps } => {
                 let g = gamma.map_or(1.0, |g| g[c]);
                 let scale = g * Scalar.inv_sqrt_or_zero(var[c] + eps);
                 let (m, shift) = (mean[c], beta.map_or(0.0, |b| b[c]));
@@ -578,13 +585,14 @@ mod tests {
                 let beta = values(c, 2);
                 let srcs = [
                     ParamSrc::Stats {
+                        lo: None,
                         mean: &mean,
                         var: &var,
                         gamma: Some(&gamma),
                         beta: Some(&beta),
                         eps: 0.0,
                     },
-                    ParamSrc::Stats { mean: &mean, var: &var, gamma: None, beta: None, eps: 1e-3 },
+                    ParamSrc::Stats { mean: &mean, lo: None, var: &var, gamma: None, beta: None, eps: 1e-3 },
                     ParamSrc::Affine { scale: &gamma, shift: &beta },
                 ];
                 // A residual with values in the padding too (they must not reach the output).

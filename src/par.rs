@@ -1,0 +1,605 @@
+#![forbid(unsafe_code)]
+//! The parallel front end (feature `rayon`): the operations on rayon's thread pool. The caller's
+//! `ThreadPool::install` decides the threads; outside one, rayon's global pool runs them.
+//!
+//! # How the work is cut, and what that guarantees
+//!
+//! The cut is fixed by the tensor, never by the number of threads, so every result is the same for a
+//! given input on 1, 2 or 64 threads:
+//!
+//! - **Element passes** (inference, `channel_affine`, the normalise pass of training and
+//!   [`forward_from_partials`](Par::forward_from_partials)) run on the parts of
+//!   [`TensorDesc::split`], two per thread (of at least 64 KB). Each element is computed as the serial
+//!   call computes it, so this cut, the one thing that depends on the threads, changes no bit:
+//!   **bit-identical to the serial call**. Each part keeps the whole tensor's store strategy
+//!   ([`TensorDesc::store_len`]).
+//! - **Statistics of NCHW and blocked tensors** (`moments`, training) are cut by channels (by blocks):
+//!   each channel's statistics are computed by one thread exactly as the serial kernel computes them
+//!   (channel by channel, block by block), so `moments` and training are **bit-identical to the
+//!   serial call** there.
+//! - **Statistics of channels-last memory** (NHWC, and any layout with spatial size 1) have no channel
+//!   cut that keeps the serial kernel's bits (its register tiles span the row), and come from the
+//!   [`Partial`]s of a cut fixed by the tensor ([`part_len`]: a 16th of it, 256 KB to 4 MB a part),
+//!   merged in part order: **deterministic, within `moments`' accuracy
+//!   bounds** (README, Guarantees), and in the bits different from the serial call's. So are the
+//!   statistics of a blocked tensor with one block of channels, and those of the scalar tier on targets
+//!   without SIMD (its compact kernels compute statistics differently).
+//!   Channels-last tensors of at most 1 MB have their statistics computed by the serial kernel on one
+//!   thread instead (the serial call's bits; the element pass still on the pool): there the partials
+//!   of a cut cost more than they save.
+//! - A tensor of at most 64 KB runs the serial call, and so does everything that is the serial call's
+//!   bits on a pool of one thread.
+//!
+//! Errors are the serial call's, before any thread starts or any output is written.
+
+use rayon::prelude::*;
+
+use crate::Error;
+use crate::api::{
+    Affine, Epilogue, check_affine, check_epilogue, check_len, check_partials_in, check_stats_in,
+    check_stats_out,
+};
+use crate::dispatch::{Isa, Kernels};
+use crate::kernels::Epi;
+use crate::kernels::ops::{Call, Data, ParamSrc};
+use crate::layout::{Layout, Part, TensorDesc};
+use crate::partial::Partial;
+
+/// Values per part of the fixed cut that the statistics of channels-last memory are merged from
+/// ([`TensorDesc::split`] with this length): a 16th of the tensor, at least 64 Ki values (256 KB, enough
+/// rows per part that its partials are cheap beside its data) and at most 1 Mi (4 MB). It depends on the
+/// tensor only, never on the threads, so the merged statistics are the same on any pool.
+pub fn part_len(desc: &TensorDesc) -> usize {
+    (desc.len() / 16).clamp(PART_MIN, 1 << 20)
+}
+
+const PART_MIN: usize = 1 << 16;
+
+/// Values per part of the element passes (which give the serial call's bits however they are cut): two
+/// parts per thread, of at least 16 Ki values (64 KB).
+fn work_len(desc: &TensorDesc) -> usize {
+    desc.len().div_ceil(2 * rayon::current_num_threads()).max(1 << 14)
+}
+
+/// How a call's statistics are computed.
+#[derive(Clone, Copy)]
+enum StatsPlan {
+    /// The tensor is one part: the serial call.
+    Serial,
+    /// By ranges of whole units of channels (1 for NCHW, the block for blocked layouts).
+    Channels(usize),
+    /// From the partial statistics of the parts, merged in order.
+    Partials,
+    /// The serial statistics (one thread), then the element pass on the pool.
+    SerialStats,
+}
+
+fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
+    let sh = desc.shape();
+    let one_thread = rayon::current_num_threads() == 1;
+    if desc.len() <= 1 << 14 {
+        // 64 KB: less work than a hand-over to another thread.
+        return StatsPlan::Serial;
+    }
+    let compact = k.isa() == Isa::Scalar && !crate::arch::PORTABLE_IS_SIMD;
+    if compact {
+        return if desc.len() <= part_len(desc) { StatsPlan::Serial } else { StatsPlan::Partials };
+    }
+    let unit = match desc.layout() {
+        _ if sh.spatial == 1 => sh.c,
+        Layout::Nchw => 1,
+        Layout::Blocked { block } => block,
+        Layout::Nhwc => sh.c,
+    };
+    if sh.c > unit {
+        // By channels is the serial call's bits: on one thread, the serial call.
+        if one_thread { StatsPlan::Serial } else { StatsPlan::Channels(unit) }
+    } else if desc.len() <= 4 * PART_MIN {
+        // Up to 1 MB, the serial statistics (its bits) then the element pass on the pool: partials of a
+        // cut cost more than they save here (NHWC 1×1024×14×14 on two threads, Zen 4: 12 GB/s from
+        // four merged parts against 31 serial).
+        if one_thread { StatsPlan::Serial } else { StatsPlan::SerialStats }
+    } else {
+        StatsPlan::Partials
+    }
+}
+
+/// The parallel operations on one tier: [`Kernels::par`].
+#[derive(Clone, Copy, Debug)]
+pub struct Par<'k> {
+    k: &'k Kernels,
+}
+
+impl Kernels {
+    /// This tier's operations on rayon's thread pool (feature `rayon`; see [`crate::par`]).
+    pub fn par(&self) -> Par<'_> {
+        Par { k: self }
+    }
+}
+
+impl Par<'_> {
+    /// Parallel [`Kernels::moments`].
+    pub fn moments(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        mean: &mut [f32],
+        var: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        match stats_plan(self.k, desc) {
+            StatsPlan::Serial => return self.k.moments(desc, x, mean, var),
+            StatsPlan::Channels(unit) => {
+                let mut lo = vec![0.0f32; desc.shape().c];
+                self.channel_stats(desc, x, unit, mean, &mut lo, var);
+            }
+            StatsPlan::SerialStats => return self.k.moments(desc, x, mean, var),
+            StatsPlan::Partials => {
+                let acc = self.merged_partials(desc, x);
+                finish(&acc, mean, var);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::partial_moments`]: the partials of the parts of the fixed cut, merged in
+    /// order (for a tensor of one part, the serial call's).
+    pub fn partial_moments(&self, desc: &TensorDesc, x: &[f32], out: &mut [Partial]) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        let c = desc.shape().c;
+        if out.len() != c {
+            return Err(Error::LengthMismatch { what: "out", expected: c, found: out.len() });
+        }
+        if desc.len() <= part_len(desc) {
+            return self.k.partial_moments(desc, x, out);
+        }
+        out.copy_from_slice(&self.merged_partials(desc, x));
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::forward_training`].
+    pub fn forward_training(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+    ) -> Result<(), Error> {
+        self.forward_training_with(desc, x, y, affine, mean, var, Epilogue::None)
+    }
+
+    /// Parallel [`Kernels::forward_training_with`]: the statistics (see the module's docs for their
+    /// bits), then the normalise pass on the parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_training_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.training(desc, Some(x), y, affine, mean, var, epi, epilogue)
+    }
+
+    /// Parallel [`Kernels::forward_training_in_place_with`].
+    pub fn forward_training_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_stats_out(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.training(desc, None, xy, affine, mean, var, epi, epilogue)
+    }
+
+    /// Parallel [`Kernels::forward_from_partials`] (bit-identical to it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from_partials(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        partials: &[Partial],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        let params = check_partials_in(desc, affine, partials)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, Some(x), y, params, epi);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::forward_from_partials_in_place`] (bit-identical to it).
+    pub fn forward_from_partials_in_place(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        partials: &[Partial],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        let params = check_partials_in(desc, affine, partials)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, None, xy, params, epi);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::forward_inference`] (bit-identical to it).
+    pub fn forward_inference(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+    ) -> Result<(), Error> {
+        self.forward_inference_with(desc, x, y, affine, mean, var, Epilogue::None)
+    }
+
+    /// Parallel [`Kernels::forward_inference_with`] (bit-identical to it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_inference_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_stats_in(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, Some(x), y, stats_src(mean, None, var, affine), epi);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::forward_inference_in_place_with`] (bit-identical to it).
+    pub fn forward_inference_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &[f32],
+        var: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_stats_in(desc, mean, var)?;
+        check_affine(desc, affine)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, None, xy, stats_src(mean, None, var, affine), epi);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::channel_affine_with`] (bit-identical to it).
+    pub fn channel_affine_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("y", y, desc.len())?;
+        check_len("scale", scale, desc.shape().c)?;
+        check_len("shift", shift, desc.shape().c)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, Some(x), y, ParamSrc::Affine { scale, shift }, epi);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::channel_affine_in_place_with`] (bit-identical to it).
+    pub fn channel_affine_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        xy: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("xy", xy, desc.len())?;
+        check_len("scale", scale, desc.shape().c)?;
+        check_len("shift", shift, desc.shape().c)?;
+        let epi = check_epilogue(desc, epilogue)?;
+        self.normalize(desc, None, xy, ParamSrc::Affine { scale, shift }, epi);
+        Ok(())
+    }
+
+    /// Training on validated arguments: `x` `None` for in place (the input is then `y`).
+    #[allow(clippy::too_many_arguments)]
+    fn training(
+        &self,
+        desc: &TensorDesc,
+        x: Option<&[f32]>,
+        y: &mut [f32],
+        affine: &Affine<'_>,
+        mean: &mut [f32],
+        var: &mut [f32],
+        epi: Epi<'_>,
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), Error> {
+        match stats_plan(self.k, desc) {
+            StatsPlan::Serial => match x {
+                Some(x) => self.k.forward_training_with(desc, x, y, affine, mean, var, epilogue),
+                None => self.k.forward_training_in_place_with(desc, y, affine, mean, var, epilogue),
+            },
+            StatsPlan::Channels(unit) => {
+                let mut lo = vec![0.0f32; desc.shape().c];
+                // A range of one unit of channels that fits in half the L2 is normalised by the task
+                // that computed its statistics, from that core's cache (NCHW 32×256×56×56 on two
+                // threads, Zen 4: 22 → 27 GB/s); larger ones come from memory either way, and the two
+                // passes below spread them better (nChw16c, 6.4 MB a block: 21 → 27 GB/s).
+                let unit_bytes = desc.shape().count().saturating_mul(4 * unit);
+                let fits = unit_bytes <= crate::tuning::get().l2_bytes / 2;
+                match x {
+                    Some(x) if fits => {
+                        self.channel_training(desc, x, y, unit, affine, (mean, &mut lo, var), epi)
+                    }
+                    _ => {
+                        // In place, a range's statistics read channels of every sample, which other
+                        // threads may be overwriting: all statistics first, then the normalise pass.
+                        self.channel_stats(desc, x.unwrap_or(&*y), unit, mean, &mut lo, var);
+                        self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
+                    }
+                }
+                Ok(())
+            }
+            StatsPlan::SerialStats => {
+                let (c, isa) = (desc.shape().c, self.k.isa());
+                let mut lo = vec![0.0f32; c];
+                let x_in = x.unwrap_or(&*y);
+                let (mean_r, lo_r, var_r) = (&mut *mean, &mut lo[..], &mut *var);
+                let call =
+                    Call::RangeMoments { desc, x: x_in, c0: 0, c1: c, mean: mean_r, lo: lo_r, var: var_r };
+                crate::arch::run(isa, call);
+                self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
+                Ok(())
+            }
+            StatsPlan::Partials => {
+                let acc = self.merged_partials(desc, x.unwrap_or(&*y));
+                // Finished here (as `forward_from_partials` finishes them, chunk by chunk), so that the
+                // pass takes whole rows of wide channels-last tensors.
+                let mut lo = vec![0.0f32; desc.shape().c];
+                for (((p, m), l), v) in acc.iter().zip(mean.iter_mut()).zip(&mut lo).zip(var.iter_mut()) {
+                    (*m, *l, *v) = p.finish_one();
+                }
+                self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
+                Ok(())
+            }
+        }
+    }
+
+    /// Training out of place as the serial kernel does it, range of channels by range of channels on the
+    /// pool: a task computes its channels' statistics (reading them in every sample), then normalises
+    /// the same channels of every sample while they are still in its core's cache. The ranges hold about
+    /// `train_chunk_bytes` of x (the serial kernel's chunks), whole `unit`s of channels; each channel's
+    /// statistics and each output are computed as the serial kernel computes them.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_training(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        y: &mut [f32],
+        unit: usize,
+        affine: &Affine<'_>,
+        (mean, lo, var): (&mut [f32], &mut [f32], &mut [f32]),
+        epi: Epi<'_>,
+    ) {
+        let sh = desc.shape();
+        let per_channel = sh.count().saturating_mul(4).max(1);
+        let fit = (crate::tuning::get().train_chunk_bytes / per_channel).max(1);
+        // Whole units, and two ranges per thread where the channels allow (balance).
+        let spread = sh.c.div_ceil(2 * rayon::current_num_threads());
+        let per = fit.min(spread).div_ceil(unit).max(1) * unit;
+        // Each range's piece of each sample's output: ranges × samples disjoint slices.
+        let sample = desc.len() / sh.n;
+        let ranges = sh.c.div_ceil(per);
+        // The range's channels are contiguous in a sample (NCHW planes, whole blocks), in range order.
+        let lens: Vec<usize> = (0..ranges)
+            .map(|r| desc.channel_part(0, r * per, ((r + 1) * per).min(sh.c)).map_or(0, |p| p.desc().len()))
+            .collect();
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..ranges).map(|_| Vec::with_capacity(sh.n)).collect();
+        for s in y.chunks_mut(sample) {
+            let mut rest = s;
+            for (list, &len) in pieces.iter_mut().zip(&lens) {
+                let (head, tail) = core::mem::take(&mut rest).split_at_mut(len);
+                list.push(head);
+                rest = tail;
+            }
+        }
+        let isa = self.k.isa();
+        let tasks = mean.par_chunks_mut(per).zip(lo.par_chunks_mut(per)).zip(var.par_chunks_mut(per));
+        tasks.zip(pieces).enumerate().for_each(|(r, (((mean, lo), var), outs))| {
+            let c0 = r * per;
+            let c1 = c0 + mean.len();
+            crate::arch::run(
+                isa,
+                Call::RangeMoments { desc, x, c0, c1, mean: &mut *mean, lo: &mut *lo, var: &mut *var },
+            );
+            let params = ParamSrc::Stats {
+                mean,
+                lo: Some(lo),
+                var,
+                gamma: affine.gamma.map(|g| &g[c0..c1]),
+                beta: affine.beta.map(|b| &b[c0..c1]),
+                eps: affine.eps,
+            };
+            for (n, out) in outs.into_iter().enumerate() {
+                // (A valid range of a valid descriptor: `channel_part` cannot fail here.)
+                let Ok(p) = desc.channel_part(n, c0, c1) else { continue };
+                let r = p.range();
+                let epi = Epi { relu: epi.relu, z: epi.z.map(|z| &z[r.clone()]) };
+                let data = Data::Split(&x[r], out);
+                crate::arch::run(isa, Call::Normalize { desc: p.desc(), data, params, epi });
+            }
+        });
+    }
+
+    /// The statistics of every channel, computed in ranges of whole `unit`s of channels on the pool:
+    /// each channel by one thread, exactly as the serial kernels compute it.
+    fn channel_stats(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        unit: usize,
+        mean: &mut [f32],
+        lo: &mut [f32],
+        var: &mut [f32],
+    ) {
+        let c = desc.shape().c;
+        // Two ranges per thread for balance. (The ranges do not change any channel's bits.)
+        let ranges = 2 * rayon::current_num_threads();
+        let per = c.div_ceil(ranges).div_ceil(unit).max(1) * unit;
+        let isa = self.k.isa();
+        mean.par_chunks_mut(per)
+            .zip(lo.par_chunks_mut(per))
+            .zip(var.par_chunks_mut(per))
+            .enumerate()
+            .for_each(|(i, ((mean, lo), var))| {
+                let c0 = i * per;
+                let c1 = c0 + mean.len();
+                crate::arch::run(isa, Call::RangeMoments { desc, x, c0, c1, mean, lo, var });
+            });
+    }
+
+    /// The partial statistics of the parts of the fixed cut, computed on the pool and merged in part
+    /// order (per channel: the parts holding that channel, in memory order).
+    fn merged_partials(&self, desc: &TensorDesc, x: &[f32]) -> Vec<Partial> {
+        let parts: Vec<Part> = desc.split(part_len(desc)).collect();
+        let isa = self.k.isa();
+        let each: Vec<Vec<Partial>> = parts
+            .par_iter()
+            .map(|p| {
+                let mut out = vec![Partial::EMPTY; p.desc().shape().c];
+                crate::arch::run(isa, Call::Partials { desc: p.desc(), x: &x[p.range()], out: &mut out });
+                out
+            })
+            .collect();
+        // The merge, in part order per channel, on the pool by ranges of channels (the same bits).
+        let mut acc = vec![Partial::EMPTY; desc.shape().c];
+        let per = desc.shape().c.div_ceil(2 * rayon::current_num_threads()).max(64);
+        acc.par_chunks_mut(per).enumerate().for_each(|(i, acc)| {
+            let (c0, c1) = (i * per, i * per + acc.len());
+            for (p, out) in parts.iter().zip(&each) {
+                let (a, b) = (p.channels().start.max(c0), p.channels().end.min(c1));
+                if a < b {
+                    let from = &out[a - p.channels().start..b - p.channels().start];
+                    for (x, y) in acc[a - c0..b - c0].iter_mut().zip(from) {
+                        *x = x.merge(*y);
+                    }
+                }
+            }
+        });
+        acc
+    }
+
+    /// The normalise pass with `params` on the parts of the fixed cut, on the pool.
+    fn normalize(
+        &self,
+        desc: &TensorDesc,
+        x: Option<&[f32]>,
+        y: &mut [f32],
+        params: ParamSrc<'_>,
+        epi: Epi<'_>,
+    ) {
+        let isa = self.k.isa();
+        if rayon::current_num_threads() == 1 {
+            crate::arch::run(isa, Call::Normalize { desc, data: data_of(x, y), params, epi });
+            return;
+        }
+        let split = desc.split(work_len(desc));
+        // `y` is the tensor's length (validated), so every part has its piece.
+        let Ok(pieces) = split.zip_mut(y) else { return };
+        let pieces: Vec<(Part, &mut [f32])> = pieces.collect();
+        pieces.into_par_iter().for_each(|(p, out)| {
+            let r = p.range();
+            let ch = p.channels();
+            let epi = Epi { relu: epi.relu, z: epi.z.map(|z| &z[r.clone()]) };
+            let data = data_of(x.map(|x| &x[r]), out);
+            let params = params.cut(ch.start, ch.end);
+            crate::arch::run(isa, Call::Normalize { desc: p.desc(), data, params, epi });
+        });
+    }
+}
+
+fn data_of<'a>(x: Option<&'a [f32]>, y: &'a mut [f32]) -> Data<'a> {
+    match x {
+        Some(x) => Data::Split(x, y),
+        None => Data::InPlace(y),
+    }
+}
+
+fn stats_src<'a>(mean: &'a [f32], lo: Option<&'a [f32]>, var: &'a [f32], a: &Affine<'a>) -> ParamSrc<'a> {
+    ParamSrc::Stats { mean, lo, var, gamma: a.gamma, beta: a.beta, eps: a.eps }
+}
+
+/// Merged partials (each counting values: the parts cover every channel) into `mean` and `var`.
+fn finish(acc: &[Partial], mean: &mut [f32], var: &mut [f32]) {
+    for ((p, m), v) in acc.iter().zip(mean.iter_mut()).zip(var.iter_mut()) {
+        (*m, _, *v) = p.finish_one();
+    }
+}
+
+macro_rules! free {
+    ($(#[$doc:meta] fn $name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[$doc]
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name($($arg: $ty),*) -> Result<(), Error> {
+            Kernels::for_free_functions().par().$name($($arg),*)
+        }
+    )*};
+}
+
+free! {
+    /// [`Par::moments`] on the best available tier.
+    fn moments(desc: &TensorDesc, x: &[f32], mean: &mut [f32], var: &mut [f32]);
+    /// [`Par::partial_moments`] on the best available tier.
+    fn partial_moments(desc: &TensorDesc, x: &[f32], out: &mut [Partial]);
+    /// [`Par::forward_training`] on the best available tier.
+    fn forward_training(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32]);
+    /// [`Par::forward_training_with`] on the best available tier.
+    fn forward_training_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32], epilogue: Epilogue<'_>);
+    /// [`Par::forward_training_in_place_with`] on the best available tier.
+    fn forward_training_in_place_with(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32], epilogue: Epilogue<'_>);
+    /// [`Par::forward_from_partials`] on the best available tier.
+    fn forward_from_partials(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, partials: &[Partial], epilogue: Epilogue<'_>);
+    /// [`Par::forward_from_partials_in_place`] on the best available tier.
+    fn forward_from_partials_in_place(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, partials: &[Partial], epilogue: Epilogue<'_>);
+    /// [`Par::forward_inference`] on the best available tier.
+    fn forward_inference(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32]);
+    /// [`Par::forward_inference_with`] on the best available tier.
+    fn forward_inference_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32], epilogue: Epilogue<'_>);
+    /// [`Par::forward_inference_in_place_with`] on the best available tier.
+    fn forward_inference_in_place_with(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32], epilogue: Epilogue<'_>);
+    /// [`Par::channel_affine_with`] on the best available tier.
+    fn channel_affine_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
+    /// [`Par::channel_affine_in_place_with`] on the best available tier.
+    fn channel_affine_in_place_with(desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
+}

@@ -1,0 +1,193 @@
+//! The parallel front end (issue 13, item 3; feature `rayon`: `cargo test --features rayon --test par`):
+//! on pools of 1, 2, 3 and 7 threads, every operation gives the same bits whatever the thread count;
+//! the element passes, the statistics of NCHW and blocked tensors, and those of channels-last tensors
+//! up to 1 MB, the serial call's bits; larger channels-last statistics within `moments`' bounds and
+//! equal to the merged partials of the documented cut; bad input the serial call's `Err`, with nothing
+//! written. Tensors are sized past 64 KB (and some past 1 MB) so that the work is really cut.
+#![cfg(feature = "rayon")]
+
+mod common;
+
+use bnorm::par::part_len;
+use bnorm::{Affine, Epilogue, Error, Isa, Kernels, Layout, Partial, Shape, TensorDesc};
+use common::*;
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    if cfg!(miri) { ProptestConfig::with_cases(1) } else { ProptestConfig::with_cases(12) }
+}
+
+const THREADS: [usize; 4] = [1, 2, 3, 7];
+
+fn pools() -> Vec<rayon::ThreadPool> {
+    THREADS.iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect()
+}
+
+/// Cases of a few Ki to ~720 Ki values, every layout, and shapes with spatial size 1.
+fn case() -> impl Strategy<Value = Case> {
+    let shape = prop_oneof![
+        3 => (1..=4usize, 1..=48usize, 300..=1500usize),
+        1 => (300..=3000usize, 3..=40usize, 1..=1usize),
+        1 => (1..=2usize, 8..=40usize, 2000..=3000usize),
+        // Past 1 MB: channels-last statistics from merged partials.
+        2 => (1..=2usize, 24..=40usize, 7000..=9000usize),
+    ];
+    (shape, 0..LAYOUTS.len(), any::<u64>(), prop::sample::select(vec![1.0, 1e4]))
+        .prop_map(|((n, c, s), l, seed, off)| gen_case(seed, Shape::new(n, c, s), LAYOUTS[l], off))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Whether the documented plan computes this tensor's statistics bit for bit as the serial call does.
+fn stats_bit_identical(k: &Kernels, d: &TensorDesc) -> bool {
+    let sh = d.shape();
+    let compact = k.isa() == Isa::Scalar && !cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+    if compact {
+        return d.len() <= part_len(d);
+    }
+    let by_channels = sh.spatial > 1
+        && match d.layout() {
+            Layout::Nchw => sh.c > 1,
+            Layout::Blocked { block } => sh.c > block,
+            Layout::Nhwc => false,
+        };
+    by_channels || d.len() <= 1 << 18
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn parallel_equals_serial(case in case()) {
+        let d = TensorDesc::new(case.shape, case.layout).unwrap();
+        let c = case.shape.c;
+        let a = Affine { gamma: case.gamma.as_deref(), beta: case.beta.as_deref(), eps: case.eps };
+        let z = gen_dy(0x2e, case.shape, case.layout);
+        let pools = pools();
+        for isa in Isa::available() {
+            let Some(k) = kernels_or_skip(isa, "par") else { continue };
+            let exact = stats_bit_identical(&k, &d);
+            // Serial references.
+            let (mut m0, mut v0) = (vec![0.0; c], vec![0.0; c]);
+            k.moments(&d, &case.x, &mut m0, &mut v0).unwrap();
+            for e in [Epilogue::None, Epilogue::Relu, Epilogue::AddRelu(&z)] {
+                let mut t0 = vec![f32::NAN; d.len()];
+                let (mut tm0, mut tv0) = (vec![0.0; c], vec![0.0; c]);
+                k.forward_training_with(&d, &case.x, &mut t0, &a, &mut tm0, &mut tv0, e).unwrap();
+                let mut i0 = vec![f32::NAN; d.len()];
+                k.forward_inference_with(&d, &case.x, &mut i0, &a, &m0, &v0, e).unwrap();
+                let mut f0 = vec![f32::NAN; d.len()];
+                k.channel_affine_with(&d, &case.x, &mut f0, &v0, &m0, e).unwrap();
+                let mut first: Option<(Vec<u32>, Vec<u32>, Vec<u32>)> = None;
+                for (pool, t) in pools.iter().zip(THREADS) {
+                    let at = |what: &str| format!("{isa} {:?} {e:?} {t} threads: {what}", case.layout);
+                    pool.install(|| -> Result<(), TestCaseError> {
+                        let p = k.par();
+                        // Training, out of place and in place.
+                        let (mut y, mut m, mut v) = (vec![f32::NAN; d.len()], vec![0.0; c], vec![0.0; c]);
+                        p.forward_training_with(&d, &case.x, &mut y, &a, &mut m, &mut v, e).unwrap();
+                        let mut xy = case.x.clone();
+                        let (mut m2, mut v2) = (vec![0.0; c], vec![0.0; c]);
+                        p.forward_training_in_place_with(&d, &mut xy, &a, &mut m2, &mut v2, e).unwrap();
+                        prop_assert_eq!(bits(&xy), bits(&y), "{}", at("training in place"));
+                        prop_assert_eq!((bits(&m2), bits(&v2)), (bits(&m), bits(&v)), "{}", at("training in place stats"));
+                        if exact {
+                            prop_assert_eq!(bits(&y), bits(&t0), "{}", at("training output"));
+                            prop_assert_eq!((bits(&m), bits(&v)), (bits(&tm0), bits(&tv0)), "{}", at("training stats"));
+                        } else {
+                            check_moments(&case, &m, &v).map_err(|s| TestCaseError::fail(at(&s)))?;
+                            // The merged partials of the cut, normalised serially: the same bits.
+                            let mut acc = vec![Partial::EMPTY; c];
+                            p.partial_moments(&d, &case.x, &mut acc).unwrap();
+                            let mut y1 = vec![f32::NAN; d.len()];
+                            k.forward_from_partials(&d, &case.x, &mut y1, &a, &acc, e).unwrap();
+                            prop_assert_eq!(bits(&y), bits(&y1), "{}", at("training vs merged partials"));
+                            if matches!(e, Epilogue::None) {
+                                check_outputs(&case, &y, &training_norm(&case), true).map_err(|s| TestCaseError::fail(at(&s)))?;
+                            }
+                        }
+                        // moments.
+                        let (mut m3, mut v3) = (vec![0.0; c], vec![0.0; c]);
+                        p.moments(&d, &case.x, &mut m3, &mut v3).unwrap();
+                        prop_assert_eq!((bits(&m3), bits(&v3)), (bits(&m), bits(&v)), "{}", at("moments vs training stats"));
+                        if exact {
+                            prop_assert_eq!((bits(&m3), bits(&v3)), (bits(&m0), bits(&v0)), "{}", at("moments"));
+                        }
+                        // The element passes: always the serial bits.
+                        let mut yi = vec![f32::NAN; d.len()];
+                        p.forward_inference_with(&d, &case.x, &mut yi, &a, &m0, &v0, e).unwrap();
+                        prop_assert_eq!(bits(&yi), bits(&i0), "{}", at("inference"));
+                        let mut xy = case.x.clone();
+                        p.forward_inference_in_place_with(&d, &mut xy, &a, &m0, &v0, e).unwrap();
+                        prop_assert_eq!(bits(&xy), bits(&i0), "{}", at("inference in place"));
+                        let mut yf = vec![f32::NAN; d.len()];
+                        p.channel_affine_with(&d, &case.x, &mut yf, &v0, &m0, e).unwrap();
+                        prop_assert_eq!(bits(&yf), bits(&f0), "{}", at("channel_affine"));
+                        let mut xy = case.x.clone();
+                        p.channel_affine_in_place_with(&d, &mut xy, &v0, &m0, e).unwrap();
+                        prop_assert_eq!(bits(&xy), bits(&f0), "{}", at("channel_affine in place"));
+                        let mut acc = vec![Partial::EMPTY; c];
+                        p.partial_moments(&d, &case.x, &mut acc).unwrap();
+                        let mut ys = vec![f32::NAN; d.len()];
+                        k.forward_from_partials(&d, &case.x, &mut ys, &a, &acc, e).unwrap();
+                        let mut yp = vec![f32::NAN; d.len()];
+                        p.forward_from_partials(&d, &case.x, &mut yp, &a, &acc, e).unwrap();
+                        prop_assert_eq!(bits(&yp), bits(&ys), "{}", at("forward_from_partials"));
+                        // The same bits on every pool.
+                        let got = (bits(&y), bits(&m), bits(&v));
+                        match &first {
+                            None => first = Some(got),
+                            Some(f) => prop_assert!(*f == got, "{}", at("differs from 1 thread")),
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_the_serial_error() {
+    let d = TensorDesc::new(Shape::new(4, 16, 4096), Layout::Nchw).unwrap();
+    let x = vec![1.0f32; d.len()];
+    let mut y = vec![7.0f32; d.len() - 1];
+    let (mut m, mut v) = (vec![3.0; 16], vec![3.0; 16]);
+    let a = Affine::default();
+    let want = Error::LengthMismatch { what: "y", expected: d.len(), found: d.len() - 1 };
+    assert_eq!(bnorm::par::forward_training(&d, &x, &mut y, &a, &mut m, &mut v), Err(want));
+    assert!(y.iter().all(|&v| v == 7.0) && m.iter().all(|&v| v == 3.0));
+    let bad_var = [-1.0f32; 16];
+    let mut y = vec![7.0f32; d.len()];
+    let e = bnorm::par::forward_inference(&d, &x, &mut y, &a, &m, &bad_var).unwrap_err();
+    assert_eq!(e, Error::InvalidVariance { channel: 0, var: -1.0 });
+    assert!(y.iter().all(|&v| v == 7.0));
+    let z = vec![0.0f32; 5];
+    let e = bnorm::par::channel_affine_with(&d, &x, &mut y, &m, &v, Epilogue::AddRelu(&z)).unwrap_err();
+    assert_eq!(e, Error::LengthMismatch { what: "z", expected: d.len(), found: 5 });
+    assert!(y.iter().all(|&v| v == 7.0));
+    let mut out = vec![Partial::EMPTY; 15];
+    assert!(bnorm::par::partial_moments(&d, &x, &mut out).is_err());
+}
+
+/// Benchmark shapes cut into several parts for their statistics (the cut does not depend on threads).
+#[test]
+fn the_cut_is_fixed_by_the_tensor() {
+    for (shape, layout) in [
+        (Shape::nchw(1, 64, 56, 56), Layout::Nhwc),
+        (Shape::nchw(1, 1024, 14, 14), Layout::Blocked { block: 16 }),
+        (Shape::nchw(32, 256, 56, 56), Layout::Nchw),
+    ] {
+        let d = TensorDesc::new(shape, layout).unwrap();
+        let parts: Vec<_> = d.split(part_len(&d)).collect();
+        assert!(parts.len() >= 3, "{shape:?} {layout:?}: {} parts", parts.len());
+        assert!(parts.iter().all(|p| p.desc().len() <= 1 << 20 && p.desc().store_len() == d.len()));
+        // The same cut on every pool.
+        for t in [1, 2, 7] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            assert_eq!(pool.install(|| part_len(&d)), part_len(&d));
+        }
+    }
+}
