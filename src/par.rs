@@ -24,9 +24,10 @@
 //!   bounds** (README, Guarantees), and in the bits different from the serial call's. So are the
 //!   statistics of a blocked tensor with one block of channels, and those of the scalar tier on targets
 //!   without SIMD (its compact kernels compute statistics differently).
-//!   Channels-last tensors of at most 1 MB have their statistics computed by the serial kernel on one
-//!   thread instead (the serial call's bits; the element pass still on the pool): there the partials
-//!   of a cut cost more than they save.
+//!   Channels-last tensors of at most 1 MB, or that the L3 holds (up to twice the non-temporal store
+//!   threshold, half the L3 here), have their statistics computed by the serial kernel on one thread
+//!   instead (the serial call's bits; the element pass still on the pool): there the partials of a cut
+//!   cost more than they save.
 //! - A tensor of at most 64 KB runs the serial call, and so does everything that is the serial call's
 //!   bits on a pool of one thread.
 //!
@@ -94,10 +95,13 @@ fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
     if sh.c > unit {
         // By channels is the serial call's bits: on one thread, the serial call.
         if one_thread { StatsPlan::Serial } else { StatsPlan::Channels(unit) }
-    } else if desc.len() <= 4 * PART_MIN {
-        // Up to 1 MB, the serial statistics (its bits) then the element pass on the pool: partials of a
-        // cut cost more than they save here (NHWC 1×1024×14×14 on two threads, Zen 4: 12 GB/s from
-        // four merged parts against 31 serial).
+    } else if desc.len() <= 4 * PART_MIN
+        || desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
+    {
+        // Up to 1 MB, or while the L3 holds the tensor (twice the non-temporal threshold, half the L3:
+        // `crate::tuning`), the serial statistics (its bits) then the element pass on the pool: the
+        // partials of a cut cost more than they save there (NHWC on two threads, Zen 4: 1×1024×14×14
+        // 12 GB/s from four merged parts against 31 serial; 32×2048×7×7, 12.8 MB, 21 → 32 GB/s).
         if one_thread { StatsPlan::Serial } else { StatsPlan::SerialStats }
     } else {
         StatsPlan::Partials
@@ -352,12 +356,16 @@ impl Par<'_> {
             },
             StatsPlan::Channels(unit) => {
                 let mut lo = vec![0.0f32; desc.shape().c];
-                // A range of one unit of channels that fits in half the L2 is normalised by the task
-                // that computed its statistics, from that core's cache (NCHW 32×256×56×56 on two
-                // threads, Zen 4: 22 → 27 GB/s); larger ones come from memory either way, and the two
-                // passes below spread them better (nChw16c, 6.4 MB a block: 21 → 27 GB/s).
+                // A tensor from memory whose unit of channels fits in half the L2: each task normalises
+                // the channels whose statistics it computed, from its core's cache, so x is read from
+                // memory once (NCHW 32×256×56×56 on two threads, Zen 4: 22 → 27 GB/s). Larger units
+                // come from memory either way, and the two passes below spread them better (nChw16c,
+                // 6.4 MB a block: 21 → 27 GB/s); a tensor that the L3 holds is re-read from it cheaply,
+                // and the fused tasks' one call per sample cost more there.
+                let t = crate::tuning::get();
                 let unit_bytes = desc.shape().count().saturating_mul(4 * unit);
-                let fits = unit_bytes <= crate::tuning::get().l2_bytes / 2;
+                let from_memory = desc.len().saturating_mul(4) > t.l3_bytes / 2;
+                let fits = from_memory && unit_bytes <= t.l2_bytes / 2;
                 match x {
                     Some(x) if fits => {
                         self.channel_training(desc, x, y, unit, affine, (mean, &mut lo, var), epi)
