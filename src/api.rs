@@ -152,7 +152,7 @@ pub(crate) fn check_len(what: &'static str, s: &[f32], expected: usize) -> Resul
     if s.len() == expected { Ok(()) } else { Err(Error::LengthMismatch { what, expected, found: s.len() }) }
 }
 
-pub(crate) fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Error> {
+fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<Epi<'a>, Error> {
     Ok(match e {
         Epilogue::None => Epi::NONE,
         Epilogue::Relu => Epi { relu: true, z: None },
@@ -163,7 +163,72 @@ pub(crate) fn check_epilogue<'a>(desc: &TensorDesc, e: Epilogue<'a>) -> Result<E
     })
 }
 
-pub(crate) fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
+/// The data of a call: out of place `x` and `y` (`x` given), in place one buffer `y` (named `"xy"`).
+fn check_data(desc: &TensorDesc, x: Option<&[f32]>, y: &[f32]) -> Result<(), Error> {
+    match x {
+        Some(x) => {
+            check_len("x", x, desc.len())?;
+            check_len("y", y, desc.len())
+        }
+        None => check_len("xy", y, desc.len()),
+    }
+}
+
+/// Every check of a training call, in the order the errors are reported (shared with `crate::par`).
+pub(crate) fn check_training<'a>(
+    desc: &TensorDesc,
+    (x, y): (Option<&[f32]>, &[f32]),
+    affine: &Affine<'_>,
+    (mean, var): (&[f32], &[f32]),
+    epilogue: Epilogue<'a>,
+) -> Result<Epi<'a>, Error> {
+    check_data(desc, x, y)?;
+    check_stats_out(desc, mean, var)?;
+    check_affine(desc, affine)?;
+    check_epilogue(desc, epilogue)
+}
+
+/// Every check of an inference call (given statistics), in order.
+pub(crate) fn check_inference<'a>(
+    desc: &TensorDesc,
+    (x, y): (Option<&[f32]>, &[f32]),
+    affine: &Affine<'_>,
+    (mean, var): (&[f32], &[f32]),
+    epilogue: Epilogue<'a>,
+) -> Result<Epi<'a>, Error> {
+    check_data(desc, x, y)?;
+    check_stats_in(desc, mean, var)?;
+    check_affine(desc, affine)?;
+    check_epilogue(desc, epilogue)
+}
+
+/// Every check of a `channel_affine` call, in order.
+pub(crate) fn check_channel_affine<'a>(
+    desc: &TensorDesc,
+    (x, y): (Option<&[f32]>, &[f32]),
+    (scale, shift): (&[f32], &[f32]),
+    epilogue: Epilogue<'a>,
+) -> Result<Epi<'a>, Error> {
+    check_data(desc, x, y)?;
+    check_len("scale", scale, desc.shape().c)?;
+    check_len("shift", shift, desc.shape().c)?;
+    check_epilogue(desc, epilogue)
+}
+
+/// Every check of a `forward_from_partials` call, in order: its parameters and epilogue.
+pub(crate) fn check_from_partials<'a>(
+    desc: &TensorDesc,
+    (x, y): (Option<&[f32]>, &[f32]),
+    affine: &Affine<'a>,
+    partials: &'a [Partial],
+    epilogue: Epilogue<'a>,
+) -> Result<(ParamSrc<'a>, Epi<'a>), Error> {
+    check_data(desc, x, y)?;
+    let params = check_partials_in(desc, affine, partials)?;
+    Ok((params, check_epilogue(desc, epilogue)?))
+}
+
+fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
     check_affine_channels(desc.shape().c, a)
 }
 
@@ -186,7 +251,7 @@ pub(crate) fn check_stats_out(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> R
     check_len("var", var, c)
 }
 
-pub(crate) fn check_stats_in(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
+fn check_stats_in(desc: &TensorDesc, mean: &[f32], var: &[f32]) -> Result<(), Error> {
     check_stats_out(desc, mean, var)?;
     check_variances(var)
 }
@@ -203,7 +268,7 @@ fn check_variances(var: &[f32]) -> Result<(), Error> {
     }
 }
 
-pub(crate) fn check_partials_in<'a>(
+fn check_partials_in<'a>(
     desc: &TensorDesc,
     affine: &Affine<'a>,
     partials: &'a [Partial],
@@ -325,11 +390,7 @@ impl Kernels {
         var: &mut [f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_stats_out(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_training(desc, (Some(x), y), affine, (mean, var), epilogue)?;
         let data = Data::Split(x, y);
         let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
         crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var, epi });
@@ -360,10 +421,7 @@ impl Kernels {
         var: &mut [f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_stats_out(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_training(desc, (None, xy), affine, (mean, var), epilogue)?;
         let data = Data::InPlace(xy);
         let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
         crate::arch::run(self.isa(), Call::Training { desc, data, gamma, beta, eps, mean, var, epi });
@@ -395,10 +453,7 @@ impl Kernels {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        let params = check_partials_in(desc, affine, partials)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let (params, epi) = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
         Ok(())
     }
@@ -412,9 +467,7 @@ impl Kernels {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        let params = check_partials_in(desc, affine, partials)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let (params, epi) = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
         Ok(())
     }
@@ -452,11 +505,7 @@ impl Kernels {
         var: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_stats_in(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_inference(desc, (Some(x), y), affine, (mean, var), epilogue)?;
         let params =
             ParamSrc::Stats { mean, lo: None, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
@@ -488,10 +537,7 @@ impl Kernels {
         var: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_stats_in(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_inference(desc, (None, xy), affine, (mean, var), epilogue)?;
         let params =
             ParamSrc::Stats { mean, lo: None, var, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
@@ -527,11 +573,7 @@ impl Kernels {
         shift: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_len("scale", scale, desc.shape().c)?;
-        check_len("shift", shift, desc.shape().c)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_channel_affine(desc, (Some(x), y), (scale, shift), epilogue)?;
         let params = ParamSrc::Affine { scale, shift };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
         Ok(())
@@ -559,10 +601,7 @@ impl Kernels {
         shift: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_len("scale", scale, desc.shape().c)?;
-        check_len("shift", shift, desc.shape().c)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_channel_affine(desc, (None, xy), (scale, shift), epilogue)?;
         let params = ParamSrc::Affine { scale, shift };
         crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
         Ok(())

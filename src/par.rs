@@ -37,8 +37,8 @@ use rayon::prelude::*;
 
 use crate::Error;
 use crate::api::{
-    Affine, Epilogue, check_affine, check_epilogue, check_len, check_partials_in, check_stats_in,
-    check_stats_out,
+    Affine, Epilogue, check_channel_affine, check_from_partials, check_inference, check_len, check_stats_out,
+    check_training,
 };
 use crate::dispatch::{Isa, Kernels};
 use crate::kernels::Epi;
@@ -188,11 +188,7 @@ impl Par<'_> {
         var: &mut [f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_stats_out(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_training(desc, (Some(x), y), affine, (mean, var), epilogue)?;
         self.training(desc, Some(x), y, affine, mean, var, epi, epilogue)
     }
 
@@ -206,10 +202,7 @@ impl Par<'_> {
         var: &mut [f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_stats_out(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_training(desc, (None, xy), affine, (mean, var), epilogue)?;
         self.training(desc, None, xy, affine, mean, var, epi, epilogue)
     }
 
@@ -224,10 +217,7 @@ impl Par<'_> {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        let params = check_partials_in(desc, affine, partials)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let (params, epi) = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
         self.normalize(desc, Some(x), y, params, epi);
         Ok(())
     }
@@ -241,9 +231,7 @@ impl Par<'_> {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        let params = check_partials_in(desc, affine, partials)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let (params, epi) = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
         self.normalize(desc, None, xy, params, epi);
         Ok(())
     }
@@ -273,11 +261,7 @@ impl Par<'_> {
         var: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_stats_in(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_inference(desc, (Some(x), y), affine, (mean, var), epilogue)?;
         self.normalize(desc, Some(x), y, stats_src(mean, None, var, affine), epi);
         Ok(())
     }
@@ -292,10 +276,7 @@ impl Par<'_> {
         var: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_stats_in(desc, mean, var)?;
-        check_affine(desc, affine)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_inference(desc, (None, xy), affine, (mean, var), epilogue)?;
         self.normalize(desc, None, xy, stats_src(mean, None, var, affine), epi);
         Ok(())
     }
@@ -310,11 +291,7 @@ impl Par<'_> {
         shift: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("y", y, desc.len())?;
-        check_len("scale", scale, desc.shape().c)?;
-        check_len("shift", shift, desc.shape().c)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_channel_affine(desc, (Some(x), y), (scale, shift), epilogue)?;
         self.normalize(desc, Some(x), y, ParamSrc::Affine { scale, shift }, epi);
         Ok(())
     }
@@ -328,10 +305,7 @@ impl Par<'_> {
         shift: &[f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("xy", xy, desc.len())?;
-        check_len("scale", scale, desc.shape().c)?;
-        check_len("shift", shift, desc.shape().c)?;
-        let epi = check_epilogue(desc, epilogue)?;
+        let epi = check_channel_affine(desc, (None, xy), (scale, shift), epilogue)?;
         self.normalize(desc, None, xy, ParamSrc::Affine { scale, shift }, epi);
         Ok(())
     }
