@@ -1,4 +1,5 @@
-//! Every public operation (the backward pass and its halves, the fused epilogues included) with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
+//! Every public operation (the backward pass and its halves, the fused epilogues, parts and
+//! `forward_from_partials` included) with arbitrary shapes, layouts (valid or not), slice lengths off by a few,
 //! arbitrary ε, momentum, γ, β and data, on a fuzzer-chosen available tier. Never a panic; an `Err` leaves
 //! every output untouched; an `Ok` on finite, in-range data agrees with the f64 oracle within the
 //! documented tolerances.
@@ -77,6 +78,39 @@ fuzz_target!(|bytes: &[u8]| {
                         assert_eq!(twice.count, 2 * q.count);
                         assert!(twice.mean_hi.to_bits() == q.mean_hi.to_bits() || !q.mean_hi.is_finite() || !twice.mean_hi.is_finite());
                     }
+                }
+            }
+            // Parts of a fuzzed size: they tile the tensor, their partials merged in order count every
+            // value, and `forward_from_partials` part by part gives the whole call's bits.
+            if x.len() == len && aff_ok {
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()));
+                let max = 1 + p.count % (len + 1);
+                let mut acc = vec![bnorm::Partial::EMPTY; c];
+                let mut next = 0;
+                for part in desc.split(max) {
+                    assert_eq!(part.range().start, next);
+                    next = part.range().end;
+                    let mut out = vec![bnorm::Partial::EMPTY; part.desc().shape().c];
+                    k.partial_moments(part.desc(), part.data(&x).unwrap(), &mut out).unwrap();
+                    bnorm::merge_partials(part.per_channel_mut(&mut acc).unwrap(), &out).unwrap();
+                }
+                assert_eq!(next, len);
+                assert!(acc.iter().all(|q| q.count == p.shape.count() as u64));
+                let none = bnorm::Epilogue::None;
+                let mut whole = vec![SENTINEL; len];
+                k.forward_from_partials(&desc, &x, &mut whole, &aff, &acc, none).unwrap();
+                let mut parted = vec![SENTINEL; len];
+                for (part, y) in desc.split(max).zip_mut(&mut parted).unwrap() {
+                    let (xs, a, q) = (part.data(&x).unwrap(), part.affine(&aff).unwrap(), part.per_channel(&acc).unwrap());
+                    k.forward_from_partials(part.desc(), xs, y, &a, q, none).unwrap();
+                }
+                assert!(same(&whole, &parted));
+                // The whole tensor's own partials: forward_training's bits.
+                if parts.len() == c {
+                    let (mut y0, mut m0, mut v0) = (vec![SENTINEL; len], vec![0.0; c], vec![0.0; c]);
+                    k.forward_training(&desc, &x, &mut y0, &aff, &mut m0, &mut v0).unwrap();
+                    k.forward_from_partials(&desc, &x, &mut whole, &aff, &parts, none).unwrap();
+                    assert!(same(&whole, &y0));
                 }
             }
         }
