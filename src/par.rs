@@ -338,7 +338,9 @@ impl Par<'_> {
                 // and the fused tasks' one call per sample cost more there.
                 let t = crate::tuning::get();
                 let unit_bytes = desc.shape().count().saturating_mul(4 * unit);
-                let from_memory = desc.len().saturating_mul(4) > t.l3_bytes / 2;
+                // (From memory: past twice the non-temporal threshold, half the L3 here; the same test
+                // as the channels-last statistics below, and `BNORM_STREAM_MIN_BYTES=0` takes it in CI.)
+                let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
                 let fits = from_memory && unit_bytes <= t.l2_bytes / 2;
                 match x {
                     Some(x) if fits => {
