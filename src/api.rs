@@ -222,10 +222,10 @@ pub(crate) fn check_from_partials<'a>(
     affine: &Affine<'a>,
     partials: &'a [Partial],
     epilogue: Epilogue<'a>,
-) -> Result<(ParamSrc<'a>, Epi<'a>), Error> {
+) -> Result<Epi<'a>, Error> {
     check_data(desc, x, y)?;
-    let params = check_partials_in(desc, affine, partials)?;
-    Ok((params, check_epilogue(desc, epilogue)?))
+    check_partials_in(desc, affine, partials)?;
+    check_epilogue(desc, epilogue)
 }
 
 fn check_affine(desc: &TensorDesc, a: &Affine<'_>) -> Result<(), Error> {
@@ -268,11 +268,7 @@ fn check_variances(var: &[f32]) -> Result<(), Error> {
     }
 }
 
-fn check_partials_in<'a>(
-    desc: &TensorDesc,
-    affine: &Affine<'a>,
-    partials: &'a [Partial],
-) -> Result<ParamSrc<'a>, Error> {
+fn check_partials_in(desc: &TensorDesc, affine: &Affine<'_>, partials: &[Partial]) -> Result<(), Error> {
     let c = desc.shape().c;
     if partials.len() != c {
         return Err(Error::LengthMismatch { what: "partials", expected: c, found: partials.len() });
@@ -280,8 +276,7 @@ fn check_partials_in<'a>(
     if let Some(channel) = partials.iter().position(|p| p.count == 0) {
         return Err(Error::EmptyPartial { channel });
     }
-    check_affine(desc, affine)?;
-    Ok(ParamSrc::Partials { partials, gamma: affine.gamma, beta: affine.beta, eps: affine.eps })
+    check_affine(desc, affine)
 }
 
 fn check_grads(desc: &TensorDesc, g: &ParamGrads<'_>) -> Result<(), Error> {
@@ -453,8 +448,10 @@ impl Kernels {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        let (params, epi) = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::Split(x, y), params, epi });
+        let epi = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
+        let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
+        let data = Data::Split(x, y);
+        crate::arch::run(self.isa(), Call::NormalizePartials { desc, data, partials, gamma, beta, eps, epi });
         Ok(())
     }
 
@@ -467,8 +464,10 @@ impl Kernels {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        let (params, epi) = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
-        crate::arch::run(self.isa(), Call::Normalize { desc, data: Data::InPlace(xy), params, epi });
+        let epi = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
+        let (gamma, beta, eps) = (affine.gamma, affine.beta, affine.eps);
+        let data = Data::InPlace(xy);
+        crate::arch::run(self.isa(), Call::NormalizePartials { desc, data, partials, gamma, beta, eps, epi });
         Ok(())
     }
 

@@ -217,7 +217,8 @@ impl Par<'_> {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        let (params, epi) = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
+        let epi = check_from_partials(desc, (Some(x), y), affine, partials, epilogue)?;
+        let params = ParamSrc::Partials { partials, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         self.normalize(desc, Some(x), y, params, epi);
         Ok(())
     }
@@ -231,7 +232,8 @@ impl Par<'_> {
         partials: &[Partial],
         epilogue: Epilogue<'_>,
     ) -> Result<(), Error> {
-        let (params, epi) = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
+        let epi = check_from_partials(desc, (None, xy), affine, partials, epilogue)?;
+        let params = ParamSrc::Partials { partials, gamma: affine.gamma, beta: affine.beta, eps: affine.eps };
         self.normalize(desc, None, xy, params, epi);
         Ok(())
     }
@@ -515,7 +517,7 @@ impl Par<'_> {
     ) {
         let isa = self.k.isa();
         if rayon::current_num_threads() == 1 {
-            crate::arch::run(isa, Call::Normalize { desc, data: data_of(x, y), params, epi });
+            crate::arch::run(isa, normalize_call(desc, data_of(x, y), params, epi));
             return;
         }
         let split = desc.split(work_len(desc));
@@ -527,9 +529,18 @@ impl Par<'_> {
             let ch = p.channels();
             let epi = Epi { relu: epi.relu, z: epi.z.map(|z| &z[r.clone()]) };
             let data = data_of(x.map(|x| &x[r]), out);
-            let params = params.cut(ch.start, ch.end);
-            crate::arch::run(isa, Call::Normalize { desc: p.desc(), data, params, epi });
+            crate::arch::run(isa, normalize_call(p.desc(), data, params.cut(ch.start, ch.end), epi));
         });
+    }
+}
+
+/// The normalising call for `params`: partial statistics have their own (`Call::NormalizePartials`).
+fn normalize_call<'a>(desc: &'a TensorDesc, data: Data<'a>, params: ParamSrc<'a>, epi: Epi<'a>) -> Call<'a> {
+    match params {
+        ParamSrc::Partials { partials, gamma, beta, eps } => {
+            Call::NormalizePartials { desc, data, partials, gamma, beta, eps, epi }
+        }
+        params => Call::Normalize { desc, data, params, epi },
     }
 }
 

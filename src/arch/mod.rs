@@ -396,6 +396,27 @@ macro_rules! tier_entries {
 
             $(#[target_feature(enable = $features)])?
             #[inline(never)]
+            fn normalize_partials(t: $token, desc: &TensorDesc, data: Data<'_>, p: ops::PartialsSrc<'_>, e: &Epi<'_>) {
+                // The plain pass, then the epilogue over its output (`finish_all`: the fused bits):
+                // one entry point, one copy of the pass.
+                match data {
+                    Data::Split(x, y) => {
+                        ops::normalize_partials_op(t, desc, &mut Split { x, y: &mut *y }, p, true);
+                        if e.is_some() {
+                            ops::finish_all(desc, y, e);
+                        }
+                    }
+                    Data::InPlace(xy) => {
+                        ops::normalize_partials_op(t, desc, &mut InPlace { xy: &mut *xy }, p, false);
+                        if e.is_some() {
+                            ops::finish_all(desc, xy, e);
+                        }
+                    }
+                }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            #[inline(never)]
             fn relu_grad(t: $token, y: &[f32], data: Data<'_>) {
                 match data {
                     Data::Split(x, y_out) => ops::relu_grad_op(t, y, &mut Split { x, y: y_out }),
@@ -482,6 +503,9 @@ macro_rules! tier_entries {
                                 (Data::Split(x, y), None) => normalize_split(t, desc, x, y, params, &epi),
                                 (Data::InPlace(xy), None) => normalize_in_place(t, desc, xy, params, &epi),
                             }
+                        }
+                        Call::NormalizePartials { desc, data, partials, gamma, beta, eps, epi } => {
+                            normalize_partials(t, desc, data, (partials, gamma, beta, eps), &epi)
                         }
                         Call::ReluGrad { y, data } => relu_grad(t, y, data),
                         Call::Backward { desc, x, data, params, mut out } => {

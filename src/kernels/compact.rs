@@ -41,9 +41,12 @@ impl Channel {
             ParamSrc::Stats { mean, lo: Some(lo), var, gamma, beta, eps } => {
                 Channel::train((gamma, beta, eps), c, mean[c], lo[c], var[c])
             }
-            ParamSrc::Partials { partials, gamma, beta, eps } => {
-                let (m, lo, var) = partials[c].finish_one();
-                Channel::train((gamma, beta, eps), c, m, lo, var)
+            // Never reached: partial statistics come through `normalize_partials` (`Call::NormalizePartials`),
+            // which keeps their f64 finish (soft-float division on Cortex-M: 3 KB) out of the flash of
+            // every other normalising call.
+            ParamSrc::Partials { .. } => {
+                debug_assert!(false, "partials reach the compact pass through normalize_partials");
+                Channel::Plain { m: f32::NAN, scale: f32::NAN, shift: f32::NAN }
             }
             ParamSrc::Stats { mean, lo: None, var, gamma, beta, eps } => {
                 let g = gamma.map_or(1.0, |g| g[c]);
@@ -144,27 +147,46 @@ fn channel_groups<I: Io>(
 
 /// `y = (x − m)·scale + shift` over the whole tensor (padding lanes of blocked layouts become +0.0).
 pub(crate) fn normalize<I: Io>(desc: &TensorDesc, io: &mut I, src: ParamSrc<'_>, e: &Epi<'_>) {
+    normalize_by(desc, io, &|ch| Channel::of(&src, ch), e)
+}
+
+/// [`normalize`] with merged partial statistics (`forward_from_partials`): each channel's finished mean
+/// pair and variance, centred as training centres them.
+pub(crate) fn normalize_partials<I: Io>(
+    desc: &TensorDesc,
+    io: &mut I,
+    (partials, gamma, beta, eps): super::ops::PartialsSrc<'_>,
+    e: &Epi<'_>,
+) {
+    let of = |ch: usize| {
+        let (m, lo, var) = partials[ch].finish_one();
+        Channel::train((gamma, beta, eps), ch, m, lo, var)
+    };
+    normalize_by(desc, io, &of, e)
+}
+
+/// The pass over the whole tensor with channel `ch`'s parameters `of(ch)`.
+fn normalize_by<I: Io>(desc: &TensorDesc, io: &mut I, of: &dyn Fn(usize) -> Channel, e: &Epi<'_>) {
     let sh = desc.shape();
     let (n, c, s) = (sh.n, sh.c, sh.spatial);
     // One channel at a time: its parameters (a square root and a division) once, then all its elements.
     match desc.layout() {
         Layout::Nchw => {
             for ch in 0..c {
-                let p = Channel::of(&src, ch);
+                let p = of(ch);
                 for b in 0..n {
                     p.apply(io, (b * c + ch) * s, 1, s, e);
                 }
             }
         }
-        Layout::Nhwc => channel_groups(io, &|ch| Channel::of(&src, ch), 0, c, c, c, n * s, 0, e),
+        Layout::Nhwc => channel_groups(io, of, 0, c, c, c, n * s, 0, e),
         Layout::Blocked { block } => {
             let blocks = c.div_ceil(block);
             for cb in 0..blocks {
                 for b in 0..n {
                     let at = (b * blocks + cb) * s * block;
                     let real = (c - cb * block).min(block);
-                    let of = |ch| Channel::of(&src, ch);
-                    channel_groups(io, &of, cb * block, real, block, block, s, at, e);
+                    channel_groups(io, of, cb * block, real, block, block, s, at, e);
                 }
             }
         }

@@ -129,6 +129,17 @@ pub(crate) enum Call<'a> {
         params: ParamSrc<'a>,
         epi: Epi<'a>,
     },
+    /// The normalise pass with merged partial statistics (`forward_from_partials`): its own entry points,
+    /// so that the partials' f64 finish is linked only where it is called.
+    NormalizePartials {
+        desc: &'a TensorDesc,
+        data: Data<'a>,
+        partials: &'a [Partial],
+        gamma: Option<&'a [f32]>,
+        beta: Option<&'a [f32]>,
+        eps: f32,
+        epi: Epi<'a>,
+    },
     /// ReLU's backward: `dy` where the forward output `y` is above 0, else +0.
     ReluGrad {
         y: &'a [f32],
@@ -227,6 +238,28 @@ pub(crate) fn normalize_op<S: Simd, I: Io, E: Epilogue>(
     } else {
         normalize::<S, I, GROUP, { GROUP + 16 }, false, E>(s, desc, io, params, out_of_place, f, e)
     }
+}
+
+/// Merged partial statistics with γ, β and ε, as [`normalize_partials_op`] takes them.
+pub(crate) type PartialsSrc<'a> = (&'a [Partial], Option<&'a [f32]>, Option<&'a [f32]>, f32);
+
+/// The normalise pass with merged partial statistics (the plain pass: the entry point applies an
+/// epilogue after it, the same bits as fused).
+#[inline(always)]
+pub(crate) fn normalize_partials_op<S: Simd, I: Io>(
+    s: S,
+    desc: &TensorDesc,
+    io: &mut I,
+    p: PartialsSrc<'_>,
+    out_of_place: bool,
+) {
+    if S::COMPACT {
+        super::compact::normalize_partials(desc, io, p, &Epi::NONE);
+        return;
+    }
+    let (partials, gamma, beta, eps) = p;
+    let src = ParamSrc::Partials { partials, gamma, beta, eps };
+    normalize_op(s, desc, io, src, out_of_place, super::Plain, &Epi::NONE)
 }
 
 /// Whether a scale γ/√(var + ε) can overflow f32 with these γ: only where |γ| > 2⁵³ (1/√(var + ε) is at
