@@ -141,7 +141,7 @@ impl Par<'_> {
             StatsPlan::SerialStats => return self.k.moments(desc, x, mean, var),
             StatsPlan::Partials => {
                 let acc = self.merged_partials(desc, x);
-                finish(&acc, mean, var);
+                finish(&acc, mean, &mut vec![0.0f32; acc.len()], var);
             }
         }
         Ok(())
@@ -373,9 +373,7 @@ impl Par<'_> {
                 // Finished here (as `forward_from_partials` finishes them, chunk by chunk), so that the
                 // pass takes whole rows of wide channels-last tensors.
                 let mut lo = vec![0.0f32; desc.shape().c];
-                for (((p, m), l), v) in acc.iter().zip(mean.iter_mut()).zip(&mut lo).zip(var.iter_mut()) {
-                    (*m, *l, *v) = p.finish_one();
-                }
+                finish(&acc, mean, &mut lo, var);
                 self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
                 Ok(())
             }
@@ -555,10 +553,11 @@ fn stats_src<'a>(mean: &'a [f32], lo: Option<&'a [f32]>, var: &'a [f32], a: &Aff
     ParamSrc::Stats { mean, lo, var, gamma: a.gamma, beta: a.beta, eps: a.eps }
 }
 
-/// Merged partials (each counting values: the parts cover every channel) into `mean` and `var`.
-fn finish(acc: &[Partial], mean: &mut [f32], var: &mut [f32]) {
-    for ((p, m), v) in acc.iter().zip(mean.iter_mut()).zip(var.iter_mut()) {
-        (*m, _, *v) = p.finish_one();
+/// Merged partials (each counting values: the parts cover every channel) into `mean`, the rest of each
+/// mean below its f32 rounding `lo`, and `var`.
+fn finish(acc: &[Partial], mean: &mut [f32], lo: &mut [f32], var: &mut [f32]) {
+    for (((p, m), l), v) in acc.iter().zip(mean.iter_mut()).zip(lo.iter_mut()).zip(var.iter_mut()) {
+        (*m, *l, *v) = p.finish_one();
     }
 }
 
