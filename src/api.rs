@@ -290,7 +290,7 @@ fn check_grads(desc: &TensorDesc, g: &ParamGrads<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_sums(desc: &TensorDesc, g: &GradSums<'_>) -> Result<(), Error> {
+pub(crate) fn check_sums(desc: &TensorDesc, g: &GradSums<'_>) -> Result<(), Error> {
     let c = desc.shape().c;
     check_len("sum_dy", g.sum_dy, c)?;
     check_len("sum_dy_xmu", g.sum_dy_xmu, c)?;
@@ -300,7 +300,11 @@ fn check_sums(desc: &TensorDesc, g: &GradSums<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn back_params<'a>(affine: &Affine<'a>, saved: &Saved<'a>, sums: Option<&GradSums<'a>>) -> BackParams<'a> {
+pub(crate) fn back_params<'a>(
+    affine: &Affine<'a>,
+    saved: &Saved<'a>,
+    sums: Option<&GradSums<'a>>,
+) -> BackParams<'a> {
     BackParams {
         gamma: affine.gamma,
         eps: affine.eps,
@@ -308,6 +312,8 @@ fn back_params<'a>(affine: &Affine<'a>, saved: &Saved<'a>, sums: Option<&GradSum
         var: saved.var,
         batch_stats: saved.mode == StatsMode::Batch,
         sums: sums.map(|g| GivenSums { sum_dy: g.sum_dy, sum_dy_xmu: g.sum_dy_xmu, count: g.batch.count() }),
+        #[cfg(feature = "rayon")]
+        coefs: None,
     }
 }
 
@@ -794,7 +800,16 @@ impl Kernels {
         check_len("sum_dy_xmu", sum_dy_xmu, c)?;
         let data = GradData::Reduce(dy, ReduceOut { sum_dy, sum_dy_xmu });
         // The reduce half reads only `mean` from the parameters.
-        let params = BackParams { gamma: None, eps: 0.0, mean, var: mean, batch_stats: true, sums: None };
+        let params = BackParams {
+            gamma: None,
+            eps: 0.0,
+            mean,
+            var: mean,
+            batch_stats: true,
+            sums: None,
+            #[cfg(feature = "rayon")]
+            coefs: None,
+        };
         let out = BackOut { dgamma: None, dbeta: None };
         crate::arch::run(self.isa(), Call::Backward { desc, x, data, params, out });
         Ok(())
@@ -881,7 +896,7 @@ impl Kernels {
     }
 }
 
-fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Error> {
+pub(crate) fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Error> {
     match e {
         GradEpilogue::None => Ok(()),
         GradEpilogue::Relu { y } => check_len("y", y, desc.len()),
@@ -892,7 +907,7 @@ fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Er
     }
 }
 
-fn check_backward(
+pub(crate) fn check_backward(
     desc: &TensorDesc,
     affine: &Affine<'_>,
     saved: &Saved<'_>,

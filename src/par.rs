@@ -37,12 +37,15 @@ use rayon::prelude::*;
 
 use crate::Error;
 use crate::api::{
-    Affine, Epilogue, check_channel_affine, check_from_partials, check_inference, check_len, check_stats_out,
-    check_training,
+    Affine, Epilogue, GradEpilogue, GradSums, ParamGrads, Saved, back_params, check_backward,
+    check_channel_affine, check_from_partials, check_grad_epilogue, check_inference, check_len,
+    check_stats_out, check_sums, check_training,
 };
 use crate::dispatch::{Isa, Kernels};
 use crate::kernels::Epi;
+use crate::kernels::backward::{BackOut, BackParams, Coef, GradData, Totals, coefs_from_totals};
 use crate::kernels::ops::{Call, Data, ParamSrc};
+use crate::kernels::stats::Weight;
 use crate::layout::{Layout, Part, TensorDesc};
 use crate::partial::Partial;
 
@@ -107,6 +110,52 @@ fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
         StatsPlan::Partials
     }
 }
+
+/// How a backward call's gradient sums are computed.
+#[derive(Clone, Copy)]
+enum BackPlan {
+    /// The serial call.
+    Serial,
+    /// No sums to compute (given, or frozen statistics without `dγ`/`dβ`): the element pass on the pool.
+    Elements,
+    /// By ranges of whole units of channels, each channel's sums as the serial pass computes them.
+    Channels(usize),
+    /// The serial pass's sums (one thread), then the element pass on the pool.
+    SerialSums,
+    /// From the sums of the parts of the fixed cut, added in part order.
+    Parts,
+}
+
+/// The backward counterpart of [`stats_plan`], on the same thresholds (the sums read `x` and `dy`, as
+/// the statistics read `x`).
+fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
+    let sh = desc.shape();
+    let one_thread = rayon::current_num_threads() == 1;
+    if desc.len() <= 1 << 14 {
+        return BackPlan::Serial;
+    }
+    if !need_sums {
+        return if one_thread { BackPlan::Serial } else { BackPlan::Elements };
+    }
+    let unit = match desc.layout() {
+        _ if sh.spatial == 1 => sh.c,
+        Layout::Nchw => 1,
+        Layout::Blocked { block } => block,
+        Layout::Nhwc => sh.c,
+    };
+    if sh.c > unit {
+        if one_thread { BackPlan::Serial } else { BackPlan::Channels(unit) }
+    } else if desc.len() <= 4 * PART_MIN
+        || desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
+    {
+        if one_thread { BackPlan::Serial } else { BackPlan::SerialSums }
+    } else {
+        BackPlan::Parts
+    }
+}
+
+/// A backward call's data besides `x`: `dy` (`None`: in place, `dy` is `dx`) and `dx`.
+type BackData<'a, 'b> = (Option<&'a [f32]>, &'b mut [f32]);
 
 /// The parallel operations on one tier: [`Kernels::par`].
 #[derive(Clone, Copy, Debug)]
@@ -312,6 +361,424 @@ impl Par<'_> {
         Ok(())
     }
 
+    /// Parallel [`Kernels::backward`]. Every gradient is the serial call's bits except where the sums
+    /// of channels-last memory are added from the fixed cut's parts (as the statistics are: see the
+    /// module's docs), which keeps them within the serial call's accuracy and deterministic.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        self.backward_with(desc, x, dy, dx, affine, saved, grads, GradEpilogue::None)
+    }
+
+    /// Parallel [`Kernels::backward_with`]: the mask pass on the pool, then [`backward`](Self::backward).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+        epilogue: GradEpilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dx", dx, desc.len())?;
+        check_grad_epilogue(desc, &epilogue)?;
+        check_backward(desc, affine, saved, &grads)?;
+        let params = back_params(affine, saved, None);
+        if let BackPlan::Serial = back_plan(desc, needs_sums(&params, &grads)) {
+            return self.k.backward_with(desc, x, dy, dx, affine, saved, grads, epilogue);
+        }
+        match epilogue {
+            GradEpilogue::None => self.back(desc, x, (Some(dy), dx), params, grads),
+            GradEpilogue::Relu { y } => {
+                self.relu_grad(desc, y, Some(dy), dx);
+                self.back(desc, x, (None, dx), params, grads);
+            }
+            GradEpilogue::AddRelu { y, dz } => {
+                self.relu_grad(desc, y, Some(dy), dz);
+                self.back(desc, x, (Some(&*dz), dx), params, grads);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::backward_in_place`].
+    pub fn backward_in_place(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        self.backward_in_place_with(desc, x, dy_dx, affine, saved, grads, GradEpilogue::None)
+    }
+
+    /// Parallel [`Kernels::backward_in_place_with`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_in_place_with(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        grads: ParamGrads<'_>,
+        epilogue: GradEpilogue<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy_dx", dy_dx, desc.len())?;
+        check_grad_epilogue(desc, &epilogue)?;
+        check_backward(desc, affine, saved, &grads)?;
+        let params = back_params(affine, saved, None);
+        if let BackPlan::Serial = back_plan(desc, needs_sums(&params, &grads)) {
+            return self.k.backward_in_place_with(desc, x, dy_dx, affine, saved, grads, epilogue);
+        }
+        match epilogue {
+            GradEpilogue::None => self.back(desc, x, (None, dy_dx), params, grads),
+            GradEpilogue::Relu { y } => {
+                self.relu_grad(desc, y, None, dy_dx);
+                self.back(desc, x, (None, dy_dx), params, grads);
+            }
+            GradEpilogue::AddRelu { y, dz } => {
+                self.relu_grad(desc, y, Some(&*dy_dx), dz);
+                self.back(desc, x, (Some(&*dz), dy_dx), params, grads);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::relu_backward`] (bit-identical to it).
+    pub fn relu_backward(
+        &self,
+        desc: &TensorDesc,
+        y: &[f32],
+        dy: &[f32],
+        dz: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("y", y, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dz", dz, desc.len())?;
+        self.relu_grad(desc, y, Some(dy), dz);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::relu_backward_in_place`] (bit-identical to it).
+    pub fn relu_backward_in_place(
+        &self,
+        desc: &TensorDesc,
+        y: &[f32],
+        dy_dz: &mut [f32],
+    ) -> Result<(), Error> {
+        check_len("y", y, desc.len())?;
+        check_len("dy_dz", dy_dz, desc.len())?;
+        self.relu_grad(desc, y, None, dy_dz);
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::backward_reduce`]: the serial call's bits but for the sums of channels-last
+    /// memory added from parts (see [`backward`](Self::backward)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_reduce(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        sum_dy: &mut [f32],
+        sum_dy_xmu: &mut [f32],
+    ) -> Result<(), Error> {
+        let c = desc.shape().c;
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("mean", mean, c)?;
+        check_len("sum_dy", sum_dy, c)?;
+        check_len("sum_dy_xmu", sum_dy_xmu, c)?;
+        let tot = match back_plan(desc, true) {
+            // A read pass with no element pass to spread: the serial sums are one call either way.
+            BackPlan::Serial | BackPlan::SerialSums | BackPlan::Elements => {
+                return self.k.backward_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu);
+            }
+            BackPlan::Channels(unit) => self.range_totals(desc, x, dy, mean, unit),
+            BackPlan::Parts => self.part_totals(desc, x, dy, mean),
+        };
+        for (o, t) in sum_dy.iter_mut().zip(&tot[0]) {
+            *o = *t as f32;
+        }
+        for (o, t) in sum_dy_xmu.iter_mut().zip(&tot[1]) {
+            *o = *t as f32;
+        }
+        Ok(())
+    }
+
+    /// Parallel [`Kernels::backward_elementwise`] (bit-identical to it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_elementwise(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: &GradSums<'_>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy", dy, desc.len())?;
+        check_len("dx", dx, desc.len())?;
+        self.elementwise(desc, x, (Some(dy), dx), affine, saved, sums, grads)
+    }
+
+    /// Parallel [`Kernels::backward_elementwise_in_place`] (bit-identical to it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_elementwise_in_place(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy_dx: &mut [f32],
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: &GradSums<'_>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_len("x", x, desc.len())?;
+        check_len("dy_dx", dy_dx, desc.len())?;
+        self.elementwise(desc, x, (None, dy_dx), affine, saved, sums, grads)
+    }
+
+    /// The element half on checked data lengths.
+    #[allow(clippy::too_many_arguments)]
+    fn elementwise(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        (dy, dx): BackData<'_, '_>,
+        affine: &Affine<'_>,
+        saved: &Saved<'_>,
+        sums: &GradSums<'_>,
+        grads: ParamGrads<'_>,
+    ) -> Result<(), Error> {
+        check_backward(desc, affine, saved, &grads)?;
+        check_sums(desc, sums)?;
+        if let BackPlan::Serial = back_plan(desc, false) {
+            return match dy {
+                Some(dy) => self.k.backward_elementwise(desc, x, dy, dx, affine, saved, sums, grads),
+                None => self.k.backward_elementwise_in_place(desc, x, dx, affine, saved, sums, grads),
+            };
+        }
+        self.back(desc, x, (dy, dx), back_params(affine, saved, Some(sums)), grads);
+        Ok(())
+    }
+
+    /// ReLU's backward on the pool: `dy` (`None`: in place over `dz`) masked by `y` into `dz`.
+    fn relu_grad(&self, desc: &TensorDesc, y: &[f32], dy: Option<&[f32]>, dz: &mut [f32]) {
+        let (isa, len) = (self.k.isa(), work_len(desc));
+        dz.par_chunks_mut(len).zip(y.par_chunks(len)).enumerate().for_each(|(i, (dz, y))| {
+            let data = match dy {
+                Some(dy) => Data::Split(&dy[i * len..i * len + dz.len()], dz),
+                None => Data::InPlace(dz),
+            };
+            crate::arch::run(isa, Call::ReluGrad { y, data });
+        });
+    }
+
+    /// The backward pass on validated arguments, on a plan other than [`BackPlan::Serial`]: the sums
+    /// (where needed), every channel's coefficients and `dγ`/`dβ` from them, then the element pass on
+    /// the parts of [`TensorDesc::split`].
+    fn back(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        (dy, dx): BackData<'_, '_>,
+        p: BackParams<'_>,
+        grads: ParamGrads<'_>,
+    ) {
+        let c = desc.shape().c;
+        let count = p.sums.map_or(desc.shape().count(), |g| g.count);
+        let mut out = BackOut { dgamma: grads.dgamma, dbeta: grads.dbeta };
+        let need = p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some());
+        let mut coefs = vec![[0.0f32; 4]; c];
+        let tot = {
+            let dy_in = dy.unwrap_or(&*dx);
+            match back_plan(desc, need) {
+                BackPlan::Serial | BackPlan::Elements => [vec![0.0; c], vec![0.0; c], vec![0.0; c]],
+                BackPlan::Channels(unit) => {
+                    let t = crate::tuning::get();
+                    // As training: a tensor from memory whose unit of channels (of x and dy) fits in half
+                    // the L2 has each range's element pass run by the task that summed it, from its
+                    // core's cache. (Out of place only: in place, the sums read the `dy` being written.)
+                    let unit_bytes = desc.shape().count().saturating_mul(8 * unit);
+                    let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
+                    if let (Some(dy), true) = (dy, from_memory && unit_bytes <= t.l2_bytes / 2) {
+                        let mut tot = self.channel_backward(desc, x, dy, dx, unit, &p);
+                        if out.dgamma.is_some() || out.dbeta.is_some() {
+                            let [a, b, d] = &mut tot;
+                            let t = Totals { dy: a, dyx: b, x: d };
+                            coefs_from_totals(&p, &t, 0, count, &mut out, &mut coefs);
+                        }
+                        return;
+                    }
+                    self.range_totals(desc, x, dy_in, p.mean, unit)
+                }
+                BackPlan::SerialSums => {
+                    let mut tot = [vec![0.0; c], vec![0.0; c], vec![0.0; c]];
+                    let [a, b, d] = &mut tot;
+                    let data = GradData::Totals(dy_in, Totals { dy: a, dyx: b, x: d }, (0, c));
+                    self.totals_call(desc, x, data, p.mean);
+                    tot
+                }
+                BackPlan::Parts => self.part_totals(desc, x, dy_in, p.mean),
+            }
+        };
+        let mut tot = tot;
+        let [a, b, d] = &mut tot;
+        let t = Totals { dy: a, dyx: b, x: d };
+        coefs_from_totals(&p, &t, 0, count, &mut out, &mut coefs);
+        let isa = self.k.isa();
+        let split = desc.split(work_len(desc));
+        // `dx` is the tensor's length (validated), so every part has its piece.
+        let Ok(pieces) = split.zip_mut(dx) else { return };
+        let pieces: Vec<(Part, &mut [f32])> = pieces.collect();
+        pieces.into_par_iter().for_each(|(part, out)| {
+            let r = part.range();
+            let ch = part.channels();
+            let data = match dy {
+                Some(dy) => GradData::Split(&dy[r.clone()], out),
+                None => GradData::InPlace(out),
+            };
+            let params = elem_params(&p, ch.start, ch.end, &coefs[ch]);
+            let out = BackOut { dgamma: None, dbeta: None };
+            crate::arch::run(isa, Call::Backward { desc: part.desc(), x: &x[r], data, params, out });
+        });
+    }
+
+    /// The [`Weight`] sums of every channel, by ranges of whole `unit`s of channels on the pool.
+    fn range_totals(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        unit: usize,
+    ) -> [Vec<Weight>; 3] {
+        let c = desc.shape().c;
+        let per = c.div_ceil(2 * rayon::current_num_threads()).div_ceil(unit).max(1) * unit;
+        let mut tot = [vec![0.0; c], vec![0.0; c], vec![0.0; c]];
+        let [a, b, d] = &mut tot;
+        a.par_chunks_mut(per).zip(b.par_chunks_mut(per)).zip(d.par_chunks_mut(per)).enumerate().for_each(
+            |(i, ((a, b), d))| {
+                let c0 = i * per;
+                let c1 = c0 + a.len();
+                self.totals_call(
+                    desc,
+                    x,
+                    GradData::Totals(dy, Totals { dy: a, dyx: b, x: d }, (c0, c1)),
+                    mean,
+                );
+            },
+        );
+        tot
+    }
+
+    /// The [`Weight`] sums of every channel from those of the parts of the fixed cut ([`part_len`]),
+    /// computed on the pool and added in part order.
+    fn part_totals(&self, desc: &TensorDesc, x: &[f32], dy: &[f32], mean: &[f32]) -> [Vec<Weight>; 3] {
+        let parts: Vec<Part> = desc.split(part_len(desc)).collect();
+        let each: Vec<[Vec<Weight>; 3]> = parts
+            .par_iter()
+            .map(|p| {
+                let n = p.desc().shape().c;
+                let mut t = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+                let [a, b, d] = &mut t;
+                let r = p.range();
+                let data = GradData::Totals(&dy[r.clone()], Totals { dy: a, dyx: b, x: d }, (0, n));
+                self.totals_call(p.desc(), &x[r], data, &mean[p.channels()]);
+                t
+            })
+            .collect();
+        let c = desc.shape().c;
+        let mut tot = [vec![0.0; c], vec![0.0; c], vec![0.0; c]];
+        for (p, t) in parts.iter().zip(&each) {
+            let c0 = p.channels().start;
+            for (acc, part) in tot.iter_mut().zip(t) {
+                for (a, v) in acc[c0..c0 + part.len()].iter_mut().zip(part) {
+                    *a += *v;
+                }
+            }
+        }
+        tot
+    }
+
+    /// A sums call (`GradData::Totals`), which reads only `mean` of the parameters.
+    fn totals_call(&self, desc: &TensorDesc, x: &[f32], data: GradData<'_>, mean: &[f32]) {
+        let params =
+            BackParams { gamma: None, eps: 0.0, mean, var: mean, batch_stats: true, sums: None, coefs: None };
+        let out = BackOut { dgamma: None, dbeta: None };
+        crate::arch::run(self.k.isa(), Call::Backward { desc, x, data, params, out });
+    }
+
+    /// The backward pass out of place as the serial pass does it, range of channels by range of channels
+    /// on the pool: a task sums its channels (reading them in every sample), then runs their element pass
+    /// in every sample while `x` and `dy` are still in its core's cache. The ranges hold about twice
+    /// `train_chunk_bytes` of each of `x` and `dy` (the serial pass's chunks), whole `unit`s of
+    /// channels. Returns every channel's sums.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_backward(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        unit: usize,
+        p: &BackParams<'_>,
+    ) -> [Vec<Weight>; 3] {
+        let sh = desc.shape();
+        let per_channel = sh.count().saturating_mul(4).max(1);
+        let fit = (2 * crate::tuning::get().train_chunk_bytes / per_channel).max(1);
+        let per = ranges_of(sh.c, fit, unit);
+        let pieces = range_pieces(desc, dx, per);
+        let mut tot = [vec![0.0; sh.c], vec![0.0; sh.c], vec![0.0; sh.c]];
+        let [a, b, d] = &mut tot;
+        let tasks = a.par_chunks_mut(per).zip(b.par_chunks_mut(per)).zip(d.par_chunks_mut(per));
+        let count = sh.count();
+        tasks.zip(pieces).enumerate().for_each(|(r, (((a, b), d), outs))| {
+            let c0 = r * per;
+            let c1 = c0 + a.len();
+            let t = Totals { dy: &mut *a, dyx: &mut *b, x: &mut *d };
+            self.totals_call(desc, x, GradData::Totals(dy, t, (c0, c1)), p.mean);
+            let mut coefs = vec![[0.0f32; 4]; c1 - c0];
+            let t = Totals { dy: a, dyx: b, x: d };
+            coefs_from_totals(p, &t, c0, count, &mut BackOut { dgamma: None, dbeta: None }, &mut coefs);
+            let params = elem_params(p, c0, c1, &coefs);
+            for (n, out) in outs.into_iter().enumerate() {
+                // (A valid range of a valid descriptor: `channel_part` cannot fail here.)
+                let Ok(part) = desc.channel_part(n, c0, c1) else { continue };
+                let r = part.range();
+                let data = GradData::Split(&dy[r.clone()], out);
+                let out = BackOut { dgamma: None, dbeta: None };
+                crate::arch::run(
+                    self.k.isa(),
+                    Call::Backward { desc: part.desc(), x: &x[r], data, params, out },
+                );
+            }
+        });
+        tot
+    }
+
     /// Training on validated arguments: `x` `None` for in place (the input is then `y`).
     #[allow(clippy::too_many_arguments)]
     fn training(
@@ -399,25 +866,8 @@ impl Par<'_> {
         let sh = desc.shape();
         let per_channel = sh.count().saturating_mul(4).max(1);
         let fit = (crate::tuning::get().train_chunk_bytes / per_channel).max(1);
-        // Whole units, and two ranges per thread where the channels allow (balance).
-        let spread = sh.c.div_ceil(2 * rayon::current_num_threads());
-        let per = fit.min(spread).div_ceil(unit).max(1) * unit;
-        // Each range's piece of each sample's output: ranges × samples disjoint slices.
-        let sample = desc.len() / sh.n;
-        let ranges = sh.c.div_ceil(per);
-        // The range's channels are contiguous in a sample (NCHW planes, whole blocks), in range order.
-        let lens: Vec<usize> = (0..ranges)
-            .map(|r| desc.channel_part(0, r * per, ((r + 1) * per).min(sh.c)).map_or(0, |p| p.desc().len()))
-            .collect();
-        let mut pieces: Vec<Vec<&mut [f32]>> = (0..ranges).map(|_| Vec::with_capacity(sh.n)).collect();
-        for s in y.chunks_mut(sample) {
-            let mut rest = s;
-            for (list, &len) in pieces.iter_mut().zip(&lens) {
-                let (head, tail) = core::mem::take(&mut rest).split_at_mut(len);
-                list.push(head);
-                rest = tail;
-            }
-        }
+        let per = ranges_of(sh.c, fit, unit);
+        let pieces = range_pieces(desc, y, per);
         let isa = self.k.isa();
         let tasks = mean.par_chunks_mut(per).zip(lo.par_chunks_mut(per)).zip(var.par_chunks_mut(per));
         tasks.zip(pieces).enumerate().for_each(|(r, (((mean, lo), var), outs))| {
@@ -532,6 +982,52 @@ impl Par<'_> {
     }
 }
 
+/// Channels per range of the tasks that sum and then normalise their own channels: `fit` (the serial
+/// pass's chunk), in whole units, and two ranges per thread where the channels allow (balance).
+fn ranges_of(c: usize, fit: usize, unit: usize) -> usize {
+    let spread = c.div_ceil(2 * rayon::current_num_threads());
+    fit.min(spread).div_ceil(unit).max(1) * unit
+}
+
+/// Each range of `per` channels' piece of each sample of `y` (a tensor of `desc`): ranges × samples
+/// disjoint slices, the range's channels being contiguous in a sample (NCHW planes, whole blocks).
+fn range_pieces<'y>(desc: &TensorDesc, y: &'y mut [f32], per: usize) -> Vec<Vec<&'y mut [f32]>> {
+    let sh = desc.shape();
+    let sample = desc.len() / sh.n;
+    let ranges = sh.c.div_ceil(per);
+    let lens: Vec<usize> = (0..ranges)
+        .map(|r| desc.channel_part(0, r * per, ((r + 1) * per).min(sh.c)).map_or(0, |p| p.desc().len()))
+        .collect();
+    let mut pieces: Vec<Vec<&mut [f32]>> = (0..ranges).map(|_| Vec::with_capacity(sh.n)).collect();
+    for s in y.chunks_mut(sample) {
+        let mut rest = s;
+        for (list, &len) in pieces.iter_mut().zip(&lens) {
+            let (head, tail) = core::mem::take(&mut rest).split_at_mut(len);
+            list.push(head);
+            rest = tail;
+        }
+    }
+    pieces
+}
+
+/// Whether a backward call computes gradient sums (training mode, or `dγ`/`dβ` asked for).
+fn needs_sums(p: &BackParams<'_>, g: &ParamGrads<'_>) -> bool {
+    p.sums.is_none() && (p.batch_stats || g.dgamma.is_some() || g.dbeta.is_some())
+}
+
+/// The element pass's parameters for channels `c0..c1` with their coefficients.
+fn elem_params<'a>(p: &BackParams<'a>, c0: usize, c1: usize, coefs: &'a [Coef]) -> BackParams<'a> {
+    BackParams {
+        gamma: p.gamma.map(|g| &g[c0..c1]),
+        eps: p.eps,
+        mean: &p.mean[c0..c1],
+        var: &p.var[c0..c1],
+        batch_stats: p.batch_stats,
+        sums: None,
+        coefs: Some(coefs),
+    }
+}
+
 /// The normalising call for `params`: partial statistics have their own (`Call::NormalizePartials`).
 fn normalize_call<'a>(desc: &'a TensorDesc, data: Data<'a>, params: ParamSrc<'a>, epi: Epi<'a>) -> Call<'a> {
     match params {
@@ -596,4 +1092,22 @@ free! {
     fn channel_affine_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
     /// [`Par::channel_affine_in_place_with`] on the best available tier.
     fn channel_affine_in_place_with(desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
+    /// [`Par::backward`] on the best available tier.
+    fn backward(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>);
+    /// [`Par::backward_with`] on the best available tier.
+    fn backward_with(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>);
+    /// [`Par::backward_in_place`] on the best available tier.
+    fn backward_in_place(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>);
+    /// [`Par::backward_in_place_with`] on the best available tier.
+    fn backward_in_place_with(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>);
+    /// [`Par::relu_backward`] on the best available tier.
+    fn relu_backward(desc: &TensorDesc, y: &[f32], dy: &[f32], dz: &mut [f32]);
+    /// [`Par::relu_backward_in_place`] on the best available tier.
+    fn relu_backward_in_place(desc: &TensorDesc, y: &[f32], dy_dz: &mut [f32]);
+    /// [`Par::backward_reduce`] on the best available tier.
+    fn backward_reduce(desc: &TensorDesc, x: &[f32], dy: &[f32], mean: &[f32], sum_dy: &mut [f32], sum_dy_xmu: &mut [f32]);
+    /// [`Par::backward_elementwise`] on the best available tier.
+    fn backward_elementwise(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, sums: &GradSums<'_>, grads: ParamGrads<'_>);
+    /// [`Par::backward_elementwise_in_place`] on the best available tier.
+    fn backward_elementwise_in_place(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, sums: &GradSums<'_>, grads: ParamGrads<'_>);
 }

@@ -10,7 +10,10 @@
 mod common;
 
 use bnorm::par::part_len;
-use bnorm::{Affine, Epilogue, Error, Isa, Kernels, Layout, Partial, Shape, TensorDesc};
+use bnorm::{
+    Affine, Epilogue, Error, GradEpilogue, GradSums, Isa, Kernels, Layout, ParamGrads, Partial, Saved, Shape,
+    StatsMode, TensorDesc,
+};
 use common::*;
 use proptest::prelude::*;
 
@@ -194,4 +197,181 @@ fn the_cut_is_fixed_by_the_tensor() {
             assert_eq!(pool.install(|| part_len(&d)), part_len(&d));
         }
     }
+}
+
+/// Whether the documented plan computes this tensor's gradient sums bit for bit as the serial call does
+/// (as the statistics: by channels, or the serial sums up to 1 MB and in the L3).
+fn sums_bit_identical(d: &TensorDesc) -> bool {
+    let sh = d.shape();
+    let by_channels = sh.spatial > 1
+        && match d.layout() {
+            Layout::Nchw => sh.c > 1,
+            Layout::Blocked { block } => sh.c > block,
+            Layout::Nhwc => false,
+        };
+    let in_l3 = d.len() * 2 <= bnorm::__bench::tuning().stream_min_bytes;
+    by_channels || d.len() <= 1 << 18 || in_l3
+}
+
+/// The backward case: a forward case, `dy`, the statistics' mode, whether `dγ`/`dβ` are asked for, and
+/// the epilogue (0 none, 1 ReLU, 2 add+ReLU).
+/// Half the cases channels-last memory past 1 MB (NHWC, or any layout with spatial size 1), whose sums
+/// come from the parts of the cut where the L3 would not hold them (`BNORM_STREAM_MIN_BYTES=0`).
+fn back_case() -> impl Strategy<Value = (Case, StatsMode, bool, usize)> {
+    let wide = prop_oneof![
+        ((1..=2usize, 24..=40usize, 7000..=9000usize), Just(Layout::Nhwc)),
+        ((7000..=9000usize, 30..=80usize, 1..=1usize), prop::sample::select(LAYOUTS.to_vec())),
+    ];
+    let wide = (wide, any::<u64>(), prop::sample::select(vec![1.0, 1e4]))
+        .prop_map(|(((n, c, s), l), seed, off)| gen_case(seed, Shape::new(n, c, s), l, off));
+    (prop_oneof![case(), wide], prop::bool::ANY, prop::bool::ANY, 0..3usize)
+        .prop_map(|(c, batch, g, e)| (c, if batch { StatsMode::Batch } else { StatsMode::Global }, g, e))
+}
+
+fn grad_epilogue<'a>(e: usize, y: &'a [f32], dz: &'a mut [f32]) -> GradEpilogue<'a> {
+    match e {
+        0 => GradEpilogue::None,
+        1 => GradEpilogue::Relu { y },
+        _ => GradEpilogue::AddRelu { y, dz },
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The parallel backward, both halves and ReLU's backward against the serial calls: their bits where
+    /// the sums are by channels, serial, or given; else the oracle's bounds; the same bits on every pool,
+    /// and in place as out of place.
+    #[test]
+    fn parallel_backward(case in back_case()) {
+        let (case, mode, want_grads, e) = case;
+        let d = TensorDesc::new(case.shape, case.layout).unwrap();
+        let c = case.shape.c;
+        let a = Affine { gamma: case.gamma.as_deref(), beta: case.beta.as_deref(), eps: case.eps };
+        let dy = gen_dy(0x3b, case.shape, case.layout);
+        // A forward output for the masks: about half of it ≤ 0.
+        let y = gen_dy(0x4c, case.shape, case.layout);
+        let pools = pools();
+        for isa in Isa::available() {
+            let Some(k) = kernels_or_skip(isa, "par backward") else { continue };
+            let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
+            k.moments(&d, &case.x, &mut mean, &mut var).unwrap();
+            if mode == StatsMode::Global {
+                mean.iter_mut().for_each(|m| *m = *m * 1.01 + 0.001);
+            }
+            let saved = Saved { mean: &mean, var: &var, mode };
+            let exact = mode == StatsMode::Global && !want_grads || sums_bit_identical(&d);
+            // Serial references.
+            let (mut dx0, mut dz0) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
+            let (mut dg0, mut db0) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+            let g = if want_grads { ParamGrads::new(&mut dg0, &mut db0) } else { ParamGrads::none() };
+            k.backward_with(&d, &case.x, &dy, &mut dx0, &a, &saved, g, grad_epilogue(e, &y, &mut dz0)).unwrap();
+            let (mut sdy0, mut sdx0) = (vec![0.0; c], vec![0.0; c]);
+            k.backward_reduce(&d, &case.x, &dy, &mean, &mut sdy0, &mut sdx0).unwrap();
+            let sums0 = GradSums { sum_dy: &sdy0, sum_dy_xmu: &sdx0, batch: case.shape };
+            let (mut ex0, mut eg0, mut eb0) = (vec![f32::NAN; d.len()], vec![0.0; c], vec![0.0; c]);
+            k.backward_elementwise(&d, &case.x, &dy, &mut ex0, &a, &saved, &sums0, ParamGrads::new(&mut eg0, &mut eb0)).unwrap();
+            let mut r0 = vec![f32::NAN; d.len()];
+            k.relu_backward(&d, &y, &dy, &mut r0).unwrap();
+            let mut first: Option<Vec<Vec<u32>>> = None;
+            for (pool, t) in pools.iter().zip(THREADS) {
+                let at = |what: &str| format!("{isa} {:?} {mode:?} epilogue {e} {t} threads: {what}", case.layout);
+                pool.install(|| -> Result<(), TestCaseError> {
+                    let p = k.par();
+                    let (mut dx, mut dz) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
+                    let (mut dg, mut db) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+                    let g = if want_grads { ParamGrads::new(&mut dg, &mut db) } else { ParamGrads::none() };
+                    p.backward_with(&d, &case.x, &dy, &mut dx, &a, &saved, g, grad_epilogue(e, &y, &mut dz)).unwrap();
+                    if e == 2 {
+                        prop_assert_eq!(bits(&dz), bits(&dz0), "{}", at("dz"));
+                    }
+                    if exact {
+                        prop_assert_eq!(bits(&dx), bits(&dx0), "{}", at("dx"));
+                        prop_assert_eq!((bits(&dg), bits(&db)), (bits(&dg0), bits(&db0)), "{}", at("dγ, dβ"));
+                    } else {
+                        // Against the oracle, with the gradient the epilogue's mask leaves.
+                        let dy_in = if e == 0 { &dy } else { &r0 };
+                        let got = Grads { dx: dx.clone(), dgamma: dg.clone(), dbeta: db.clone() };
+                        check_backward(&case, dy_in, mode == StatsMode::Batch, &mean, &var, &got, want_grads, false)
+                            .map_err(|s| TestCaseError::fail(at(&s)))?;
+                    }
+                    if !want_grads {
+                        prop_assert!(dg.iter().chain(&db).all(|v| v.is_nan()), "{}", at("dγ/dβ written"));
+                    }
+                    // In place: the same bits.
+                    let (mut dydx, mut dz2) = (dy.clone(), vec![f32::NAN; d.len()]);
+                    let (mut dg2, mut db2) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+                    let g = if want_grads { ParamGrads::new(&mut dg2, &mut db2) } else { ParamGrads::none() };
+                    p.backward_in_place_with(&d, &case.x, &mut dydx, &a, &saved, g, grad_epilogue(e, &y, &mut dz2)).unwrap();
+                    prop_assert_eq!(bits(&dydx), bits(&dx), "{}", at("in place"));
+                    prop_assert_eq!((bits(&dg2), bits(&db2)), (bits(&dg), bits(&db)), "{}", at("in place dγ, dβ"));
+                    // The halves.
+                    let (mut sdy, mut sdx) = (vec![0.0; c], vec![0.0; c]);
+                    p.backward_reduce(&d, &case.x, &dy, &mean, &mut sdy, &mut sdx).unwrap();
+                    if sums_bit_identical(&d) {
+                        prop_assert_eq!((bits(&sdy), bits(&sdx)), (bits(&sdy0), bits(&sdx0)), "{}", at("reduce"));
+                    } else {
+                        let sums = GradSums { sum_dy: &sdy, sum_dy_xmu: &sdx, batch: case.shape };
+                        let (mut hx, mut hg, mut hb) = (vec![f32::NAN; d.len()], vec![0.0; c], vec![0.0; c]);
+                        k.backward_elementwise(&d, &case.x, &dy, &mut hx, &a, &saved, &sums, ParamGrads::new(&mut hg, &mut hb)).unwrap();
+                        let got = Grads { dx: hx, dgamma: hg, dbeta: hb };
+                        check_backward(&case, &dy, mode == StatsMode::Batch, &mean, &var, &got, true, true)
+                            .map_err(|s| TestCaseError::fail(at(&format!("halves: {s}"))))?;
+                    }
+                    let (mut ex, mut eg, mut eb) = (vec![f32::NAN; d.len()], vec![0.0; c], vec![0.0; c]);
+                    p.backward_elementwise(&d, &case.x, &dy, &mut ex, &a, &saved, &sums0, ParamGrads::new(&mut eg, &mut eb)).unwrap();
+                    prop_assert_eq!(bits(&ex), bits(&ex0), "{}", at("elementwise"));
+                    prop_assert_eq!((bits(&eg), bits(&eb)), (bits(&eg0), bits(&eb0)), "{}", at("elementwise dγ, dβ"));
+                    let mut dydx = dy.clone();
+                    p.backward_elementwise_in_place(&d, &case.x, &mut dydx, &a, &saved, &sums0, ParamGrads::none()).unwrap();
+                    prop_assert_eq!(bits(&dydx), bits(&ex0), "{}", at("elementwise in place"));
+                    let mut r = vec![f32::NAN; d.len()];
+                    p.relu_backward(&d, &y, &dy, &mut r).unwrap();
+                    prop_assert_eq!(bits(&r), bits(&r0), "{}", at("relu_backward"));
+                    let mut r = dy.clone();
+                    p.relu_backward_in_place(&d, &y, &mut r).unwrap();
+                    prop_assert_eq!(bits(&r), bits(&r0), "{}", at("relu_backward in place"));
+                    // The same bits on every pool.
+                    let got = vec![bits(&dx), bits(&dg), bits(&db), bits(&sdy), bits(&sdx)];
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => prop_assert!(*f == got, "{}", at("differs from 1 thread")),
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_backward_input_is_the_serial_error() {
+    let d = TensorDesc::new(Shape::new(4, 16, 4096), Layout::Nhwc).unwrap();
+    let (x, dy) = (vec![1.0f32; d.len()], vec![0.5f32; d.len()]);
+    let (m, v) = (vec![0.0f32; 16], vec![1.0f32; 16]);
+    let a = Affine::default();
+    let saved = Saved::batch(&m, &v);
+    let k = Kernels::detect();
+    let p = k.par();
+    let mut dx = vec![7.0f32; d.len()];
+    let (mut dg, mut db) = (vec![7.0f32; 15], vec![7.0f32; 16]);
+    let e1 = p.backward(&d, &x, &dy, &mut dx, &a, &saved, ParamGrads::new(&mut dg, &mut db)).unwrap_err();
+    let e0 = k.backward(&d, &x, &dy, &mut dx, &a, &saved, ParamGrads::new(&mut dg, &mut db)).unwrap_err();
+    assert_eq!(e1, e0);
+    assert_eq!(e1, Error::LengthMismatch { what: "dgamma", expected: 16, found: 15 });
+    let y = vec![1.0f32; d.len()];
+    let mut dz = vec![7.0f32; 3];
+    let ep = GradEpilogue::AddRelu { y: &y, dz: &mut dz };
+    let e = p.backward_with(&d, &x, &dy, &mut dx, &a, &saved, ParamGrads::none(), ep).unwrap_err();
+    assert_eq!(e, Error::LengthMismatch { what: "dz", expected: d.len(), found: 3 });
+    let bad_var = [-1.0f32; 16];
+    let e = p.backward_in_place(&d, &x, &mut dx, &a, &Saved::batch(&m, &bad_var), ParamGrads::none());
+    assert_eq!(e, Err(Error::InvalidVariance { channel: 0, var: -1.0 }));
+    let (s1, s2) = (vec![0.0f32; 16], vec![0.0f32; 16]);
+    let sums = GradSums { sum_dy: &s1, sum_dy_xmu: &s2, batch: Shape::new(1, 16, 4096) };
+    let e = p.backward_elementwise(&d, &x, &dy, &mut dx, &a, &saved, &sums, ParamGrads::none()).unwrap_err();
+    assert!(matches!(e, Error::BatchMismatch { .. }), "{e:?}");
+    let (mut o1, mut o2) = (vec![7.0f32; 16], vec![7.0f32; 17]);
+    assert!(p.backward_reduce(&d, &x, &dy, &m, &mut o1, &mut o2).is_err());
+    assert!(dx.iter().chain(&dg).chain(&db).chain(&o1).all(|&v| v == 7.0), "an output was written");
 }

@@ -48,6 +48,11 @@ pub(crate) enum GradData<'a> {
     InPlace(&'a mut [f32]),
     /// The reduce half: `dy`, and the sums' outputs.
     Reduce(&'a [f32], ReduceOut<'a>),
+    /// The parallel front end's reduce: `dy`, and the [`Weight`] sums of channels `c0..c1` (the outputs
+    /// `c1 − c0` long, the range whole blocks of a blocked tensor), each channel's as the serial pass
+    /// computes it (NCHW channel by channel, blocked block by block, whatever range holds them).
+    #[cfg(feature = "rayon")]
+    Totals(&'a [f32], Totals<'a>, (usize, usize)),
 }
 
 /// Gradient sums given by the caller (the element half): per channel `Σdy` and `Σdy·(x − mean)` over
@@ -70,6 +75,10 @@ pub(crate) struct BackParams<'a> {
     pub batch_stats: bool,
     /// The sums, when the caller reduced them (SyncBN); computed here otherwise.
     pub sums: Option<GivenSums<'a>>,
+    /// The channels' element coefficients, computed from the whole tensor's sums by
+    /// [`coefs_from_totals`] (the parallel front end's element pass on a part: the serial pass's bits).
+    #[cfg(feature = "rayon")]
+    pub coefs: Option<&'a [Coef]>,
 }
 
 /// The optional parameter gradients.
@@ -85,10 +94,10 @@ pub(crate) struct ReduceOut<'a> {
 }
 
 /// Per-channel sums of a chunk in [`Weight`] precision: `Σdy`, `Σdy·(x − mean)`, `Σ(x − mean)`.
-struct Totals<'a> {
-    dy: &'a mut [Weight],
-    dyx: &'a mut [Weight],
-    x: &'a mut [Weight],
+pub(crate) struct Totals<'a> {
+    pub dy: &'a mut [Weight],
+    pub dyx: &'a mut [Weight],
+    pub x: &'a mut [Weight],
 }
 
 impl Totals<'_> {
@@ -219,7 +228,7 @@ struct Work<'a> {
 }
 
 /// One channel's coefficients `[a, k, m, mdy]`.
-type Coef = [f32; 4];
+pub(crate) type Coef = [f32; 4];
 
 /// The mask of a live lane (all ones).
 const LIVE: f32 = f32::from_bits(u32::MAX);
@@ -271,9 +280,19 @@ fn backward<S: Simd>(
     let g = coef.len();
     let tn = tuning::get();
     let stream = matches!(data, GradData::Split(..)) && desc.store_len() >= tn.stream_min_bytes / 4;
-    let reduce_only = matches!(data, GradData::Reduce(..));
-    let need_reduce =
-        reduce_only || (p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some()));
+    #[cfg(feature = "rayon")]
+    let (reduce_only, (r0, r1), given) = match &data {
+        GradData::Reduce(..) => (true, (0, desc.shape().c), p.coefs),
+        GradData::Totals(_, _, range) => (true, *range, p.coefs),
+        _ => (false, (0, desc.shape().c), p.coefs),
+    };
+    #[cfg(not(feature = "rayon"))]
+    let (reduce_only, (r0, r1), given): (_, _, Option<&[Coef]>) =
+        (matches!(data, GradData::Reduce(..)), (0, desc.shape().c), None);
+    let need_reduce = reduce_only
+        || (given.is_none()
+            && p.sums.is_none()
+            && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some()));
     // Chunks of about twice `train_chunk_bytes` of each of x and dy (L2's size together on a 1 MB-L2 Zen
     // 4, the element pass re-reading the rest from the L3 the chunk was just read into): longer runs per
     // sample than training's chunks. Zen 4, AVX-512, 32×2048×7×7 (GB/s, x and dy together 256 KB →
@@ -283,24 +302,47 @@ fn backward<S: Simd>(
         if need_reduce && !reduce_only { train_chunk_of(desc, 2 * tn.train_chunk_bytes, g) } else { g };
     let count = p.sums.map_or(desc.shape().count(), |g| g.count);
     for (c0, c1) in chunks_of(desc, step, g) {
+        // (The range is all channels but for `GradData::Totals`.)
+        let (c0, c1) = (c0.max(r0), c1.min(r1));
+        if c0 >= c1 {
+            continue;
+        }
         let n = c1 - c0;
         if need_reduce {
             t.clear(n);
             let dy: &[f32] = match &data {
                 GradData::Split(dy, _) | GradData::Reduce(dy, _) => dy,
+                #[cfg(feature = "rayon")]
+                GradData::Totals(dy, ..) => dy,
                 GradData::InPlace(dydx) => dydx,
             };
             reduce_range(s, desc, x, dy, p.mean, c0, c1, &mut t, &mut mid, co.m_mut());
         }
-        if let GradData::Reduce(_, o) = &mut data {
-            for j in 0..n {
-                o.sum_dy[c0 + j] = t.dy[j] as f32;
-                o.sum_dy_xmu[c0 + j] = t.dyx[j] as f32;
+        match &mut data {
+            GradData::Reduce(_, o) => {
+                for j in 0..n {
+                    o.sum_dy[c0 + j] = t.dy[j] as f32;
+                    o.sum_dy_xmu[c0 + j] = t.dyx[j] as f32;
+                }
+                continue;
             }
-            continue;
+            #[cfg(feature = "rayon")]
+            GradData::Totals(_, o, _) => {
+                let at = c0 - r0;
+                o.dy[at..at + n].copy_from_slice(&t.dy[..n]);
+                o.dyx[at..at + n].copy_from_slice(&t.dyx[..n]);
+                o.x[at..at + n].copy_from_slice(&t.x[..n]);
+                continue;
+            }
+            _ => {}
         }
-        for (j, cf) in coef[..n].iter_mut().enumerate() {
-            *cf = channel_coef(p, c0 + j, &t, j, count, out);
+        match given {
+            Some(given) => coef[..n].copy_from_slice(&given[c0..c1]),
+            None => {
+                for (j, cf) in coef[..n].iter_mut().enumerate() {
+                    *cf = channel_coef(p, c0 + j, &t, j, count, out);
+                }
+            }
         }
         let coef = &coef[..n];
         let train = p.batch_stats;
@@ -324,6 +366,8 @@ fn backward<S: Simd>(
                 elem_range::<S, true, WIDE_PG>(s, desc, d, train, c0, c1, coef, co, false)
             }
             (GradData::Reduce(..), _) => {}
+            #[cfg(feature = "rayon")]
+            (GradData::Totals(..), _) => {}
         }
     }
     if stream {
@@ -373,6 +417,23 @@ fn channel_coef(
         mdy -= (inv as Weight) * (inv as Weight) * cov / mw * (t.x[j] / mw);
     }
     [a, k as f32, m, mdy as f32]
+}
+
+/// The element coefficients of channels `c0..` into `coefs`, and their `dγ`/`dβ` where asked for, from
+/// their sums `t` (indexed from `c0`, as [`GradData::Totals`] wrote them over the whole tensor): what the serial pass computes for
+/// each chunk, so its element pass on any part gives the serial pass's bits.
+#[cfg(feature = "rayon")]
+pub(crate) fn coefs_from_totals(
+    p: &BackParams<'_>,
+    t: &Totals<'_>,
+    c0: usize,
+    count: usize,
+    out: &mut BackOut<'_>,
+    coefs: &mut [Coef],
+) {
+    for (j, cf) in coefs.iter_mut().enumerate() {
+        *cf = channel_coef(p, c0 + j, t, j, count, out);
+    }
 }
 
 /// The sums of channels `c0..c1` into `t[0..c1 − c0]`. `pat` is scratch for a mean pattern.
