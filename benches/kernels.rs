@@ -6,9 +6,14 @@
 //! bytes (x read once, y written once; `moments` 1 ×; the backward ops and add+ReLU 3 ×, ReLU's backward
 //! 4 ×), as `shared/peers/` does. The `*_relu` and `*_addrelu` groups are the fused epilogues. Data starts at odd element
 //! offsets so that alignment does not flatter the results.
+//!
+//! `--threads T` (with `--features rayon`) runs bnorm's entries through the parallel front end
+//! (`Kernels::par()`) on a rayon pool of T threads, each entry's whole timing loop inside the pool:
+//! `cargo bench --features rayon --bench kernels -- --threads 2 train/r50-s2`. Criterion owns the rest
+//! of the command line; with `--threads`, only a filter is taken besides it.
 
 use bnorm::{Affine, Epilogue, Isa, Kernels, Layout, Shape, TensorDesc};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
 mod common;
@@ -71,7 +76,39 @@ fn naive_affine(d: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: 
     }
 }
 
-fn benches(cr: &mut Criterion) {
+/// bnorm's entries: serial, or (feature `rayon`, `--threads`) the parallel front end on a pool.
+struct Ops {
+    #[cfg(feature = "rayon")]
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Ops {
+    /// Runs `f` (an entry's whole timing loop) inside the pool, if there is one.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(feature = "rayon")]
+        if let Some(pool) = &self.pool {
+            return pool.install(f);
+        }
+        f()
+    }
+}
+
+/// `call!(ops, k, method(args))`: `Kernels::method`, or `Par::method` when the bench has a pool.
+#[cfg(feature = "rayon")]
+macro_rules! call {
+    ($ops:expr, $k:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        if $ops.pool.is_some() { $k.par().$method($($arg),*) } else { $k.$method($($arg),*) }
+    };
+}
+
+#[cfg(not(feature = "rayon"))]
+macro_rules! call {
+    ($ops:expr, $k:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        $k.$method($($arg),*)
+    };
+}
+
+fn benches(cr: &mut Criterion, ops: &Ops) {
     for (name, [n, c, h, w]) in SHAPES {
         let shape = Shape::nchw(n, c, h, w);
         let tensor_bytes = (shape.count() * c * 4) as u64;
@@ -142,63 +179,85 @@ fn benches(cr: &mut Criterion) {
                 }
                 for isa in Isa::available() {
                     let k = Kernels::new(isa).unwrap();
-                    g.bench_function(BenchmarkId::from_parameter(isa.name()), |b| match op {
-                        "moments" => b.iter(|| k.moments(&d, x, &mut mean, &mut var).unwrap()),
-                        "forward_training" => {
-                            b.iter(|| k.forward_training(&d, x, y, &aff, &mut mean, &mut var).unwrap())
-                        }
-                        "forward_inference" => {
-                            b.iter(|| k.forward_inference(&d, x, y, &aff, &mean, &var).unwrap())
-                        }
-                        "channel_affine" => b.iter(|| k.channel_affine(&d, x, y, &gamma, &beta).unwrap()),
-                        "forward_training_relu" | "forward_training_addrelu" => {
-                            let e =
-                                if op.ends_with("addrelu") { Epilogue::AddRelu(dy) } else { Epilogue::Relu };
-                            b.iter(|| {
-                                k.forward_training_with(&d, x, y, &aff, &mut mean, &mut var, e).unwrap()
-                            })
-                        }
-                        "forward_inference_relu" | "forward_inference_addrelu" => {
-                            let e =
-                                if op.ends_with("addrelu") { Epilogue::AddRelu(dy) } else { Epilogue::Relu };
-                            b.iter(|| k.forward_inference_with(&d, x, y, &aff, &mean, &var, e).unwrap())
-                        }
-                        "channel_affine_relu" => {
-                            b.iter(|| k.channel_affine_with(&d, x, y, &gamma, &beta, Epilogue::Relu).unwrap())
-                        }
-                        "backward_relu" => {
-                            // The mask: a ReLU forward output (about half of it zero).
-                            let mut fwd = vec![0.0f32; len];
-                            k.forward_training_with(
-                                &d,
-                                x,
-                                &mut fwd,
-                                &aff,
-                                &mut mean,
-                                &mut var,
-                                Epilogue::Relu,
-                            )
-                            .unwrap();
-                            let saved = bnorm::Saved::batch(&mean, &var);
-                            b.iter(|| {
-                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
-                                let e = bnorm::GradEpilogue::Relu { y: &fwd };
-                                k.backward_with(&d, x, dy, y, &aff, &saved, g, e).unwrap()
-                            })
-                        }
-                        // Training mode (the statistics as forward_training left them) and global
-                        // statistics, both writing dγ and dβ.
-                        _ => {
-                            let saved = if op == "backward" {
-                                bnorm::Saved::batch(&mean, &var)
-                            } else {
-                                bnorm::Saved::global(&mean, &var)
-                            };
-                            b.iter(|| {
-                                let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
-                                k.backward(&d, x, dy, y, &aff, &saved, g).unwrap()
-                            })
-                        }
+                    let none = Epilogue::None;
+                    g.bench_function(BenchmarkId::from_parameter(isa.name()), |b| {
+                        ops.run(|| match op {
+                            "moments" => {
+                                b.iter(|| call!(ops, k, moments(&d, x, &mut mean, &mut var)).unwrap())
+                            }
+                            "forward_training" => b.iter(|| {
+                                call!(ops, k, forward_training(&d, x, y, &aff, &mut mean, &mut var)).unwrap()
+                            }),
+                            "forward_inference" => b.iter(|| {
+                                call!(ops, k, forward_inference(&d, x, y, &aff, &mean, &var)).unwrap()
+                            }),
+                            "channel_affine" => b.iter(|| {
+                                call!(ops, k, channel_affine_with(&d, x, y, &gamma, &beta, none)).unwrap()
+                            }),
+                            "forward_training_relu" | "forward_training_addrelu" => {
+                                let e = if op.ends_with("addrelu") {
+                                    Epilogue::AddRelu(dy)
+                                } else {
+                                    Epilogue::Relu
+                                };
+                                b.iter(|| {
+                                    call!(
+                                        ops,
+                                        k,
+                                        forward_training_with(&d, x, y, &aff, &mut mean, &mut var, e)
+                                    )
+                                    .unwrap()
+                                })
+                            }
+                            "forward_inference_relu" | "forward_inference_addrelu" => {
+                                let e = if op.ends_with("addrelu") {
+                                    Epilogue::AddRelu(dy)
+                                } else {
+                                    Epilogue::Relu
+                                };
+                                b.iter(|| {
+                                    call!(ops, k, forward_inference_with(&d, x, y, &aff, &mean, &var, e))
+                                        .unwrap()
+                                })
+                            }
+                            "channel_affine_relu" => b.iter(|| {
+                                call!(ops, k, channel_affine_with(&d, x, y, &gamma, &beta, Epilogue::Relu))
+                                    .unwrap()
+                            }),
+                            "backward_relu" => {
+                                // The mask: a ReLU forward output (about half of it zero).
+                                let mut fwd = vec![0.0f32; len];
+                                k.forward_training_with(
+                                    &d,
+                                    x,
+                                    &mut fwd,
+                                    &aff,
+                                    &mut mean,
+                                    &mut var,
+                                    Epilogue::Relu,
+                                )
+                                .unwrap();
+                                let saved = bnorm::Saved::batch(&mean, &var);
+                                b.iter(|| {
+                                    let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                    let e = bnorm::GradEpilogue::Relu { y: &fwd };
+                                    call!(ops, k, backward_with(&d, x, dy, y, &aff, &saved, g, e)).unwrap()
+                                })
+                            }
+                            // Training mode (the statistics as forward_training left them) and global
+                            // statistics, both writing dγ and dβ.
+                            _ => {
+                                let saved = if op == "backward" {
+                                    bnorm::Saved::batch(&mean, &var)
+                                } else {
+                                    bnorm::Saved::global(&mean, &var)
+                                };
+                                b.iter(|| {
+                                    let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
+                                    call!(ops, k, backward(&d, x, dy, y, &aff, &saved, g)).unwrap()
+                                })
+                            }
+                        })
                     });
                 }
                 g.finish();
@@ -207,10 +266,45 @@ fn benches(cr: &mut Criterion) {
     }
 }
 
-/// The benchmark group (criterion's macro generates this function).
-fn kernels() {
-    let mut c = Criterion::default().configure_from_args();
-    benches(&mut c);
+/// The benchmarks (`criterion_main!`'s work, by hand: its `main` parses the command line again, which
+/// `--threads` would fail).
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == "--threads") else {
+        let mut c = Criterion::default().configure_from_args();
+        let serial = Ops {
+            #[cfg(feature = "rayon")]
+            pool: None,
+        };
+        benches(&mut c, &serial);
+        c.final_summary();
+        return;
+    };
+    let threads = args.get(at + 1).and_then(|t| t.parse::<usize>().ok()).filter(|&t| t > 0);
+    let Some(threads) = threads else {
+        eprintln!("--threads takes a count of at least 1");
+        std::process::exit(2);
+    };
+    // Criterion's parser refuses flags it does not know: with `--threads`, the filter (the first other
+    // argument not a flag; cargo adds `--bench`) is passed to it by hand.
+    let filter =
+        args.iter().enumerate().skip(1).find(|&(i, a)| i != at && i != at + 1 && !a.starts_with('-'));
+    let mut c = Criterion::default();
+    if let Some((_, f)) = filter {
+        c = c.with_filter(f.clone());
+    }
+    #[cfg(feature = "rayon")]
+    {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        benches(&mut c, &Ops { pool: Some(pool) });
+        c.final_summary();
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let _ = (threads, &mut c);
+        eprintln!(
+            "--threads needs the parallel front end: cargo bench --features rayon --bench kernels -- --threads T"
+        );
+        std::process::exit(2);
+    }
 }
-
-criterion_main!(kernels);

@@ -7,8 +7,7 @@
 //!
 //! `--threads T` (built with `--features rayon`) runs every operation through the parallel front end
 //! (`bnorm::par`) on a rayon pool of T threads, and the limit passes on T threads too; without it
-//! everything runs on one thread. (The backward operations have no parallel form yet: with `--threads`
-//! they run serially, inside the pool, and their rows say `serial`.)
+//! everything runs on one thread.
 //!
 //! `--skip-limit` leaves out the in-process limit passes (their columns read 0): for scripts that
 //! measure the limit themselves, such as `scripts/side_by_side.py`.
@@ -80,7 +79,7 @@ macro_rules! call {
     };
 }
 
-/// Runs `f` inside the pool, if there is one (the serial operations under `--threads`).
+/// Runs `f` (an operation's whole timing loop) inside the pool, if there is one.
 macro_rules! in_pool {
     ($ops:expr, $f:expr) => {{
         #[cfg(feature = "rayon")]
@@ -337,8 +336,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             let dys = &dy[..len];
                             median(reps, || {
                                 let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
-                                in_pool!(ops, || k.backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g))
-                                    .unwrap()
+                                call!(ops, backward(&desc, xs, dys, &mut y[..len], &aff, &saved, g)).unwrap()
                             })
                         }
                         "train-relu" | "train-addrelu" => {
@@ -395,17 +393,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             median(reps, || {
                                 let g = bnorm::ParamGrads::new(&mut dgamma, &mut dbeta);
                                 let e = bnorm::GradEpilogue::Relu { y: &fwd };
-                                in_pool!(ops, || k.backward_with(
-                                    &desc,
-                                    xs,
-                                    dys,
-                                    &mut y[..len],
-                                    &aff,
-                                    &saved,
-                                    g,
-                                    e
-                                ))
-                                .unwrap()
+                                call!(ops, backward_with(&desc, xs, dys, &mut y[..len], &aff, &saved, g, e))
+                                    .unwrap()
                             })
                         }
                         "train-inplace" => {
@@ -454,11 +443,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     let gbps = moved * tlen as f64 * 4.0 / t / 1e9;
                     let pct = if lim_op > 0.0 { 100.0 * gbps / lim_op } else { 0.0 };
-                    let serial = if threaded && op.starts_with("backward") { " (serial)" } else { "" };
-                    println!(
-                        "| {name} | {} | {op}{serial} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |",
-                        lname
-                    );
+                    println!("| {name} | {} | {op} | {isa} | {gbps:.1} | {lim_op:.1} | {pct:.0}% |", lname);
                     rows.push(Row { shape: name, layout: lname, op, isa, gbps, limit: lim_op });
                 }
             }

@@ -28,6 +28,12 @@
 //!   threshold, half the L3 here), have their statistics computed by the serial kernel on one thread
 //!   instead (the serial call's bits; the element pass still on the pool): there the partials of a cut
 //!   cost more than they save.
+//! - **The backward pass**: its gradient sums are cut as the statistics are (by channels for NCHW and
+//!   blocked tensors; the serial sums, or the fixed cut's parts added in part order, for channels-last
+//!   memory), every channel's coefficients are computed once from them as the serial pass computes
+//!   them, and the element pass runs on the parts: the serial call's bits wherever the sums are, within
+//!   its bounds where the parts' sums are added. The element half and ReLU's backward are always the
+//!   serial call's bits.
 //! - A tensor of at most 64 KB runs the serial call, and so does everything that is the serial call's
 //!   bits on a pool of one thread.
 //!

@@ -116,7 +116,9 @@ fn poison(x: &mut [f32], shape: Shape, layout: Layout, c: usize, what: f32, ever
 fn non_finite_values_stay_in_their_channel() {
     for k in tiers("non_finite_values_stay_in_their_channel") {
         for (i, layout) in LAYOUTS.into_iter().enumerate() {
-            for (j, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+            // (Under miri NaN and −∞: +∞ takes the same paths as −∞.)
+            let bads = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY];
+            for (j, bad) in bads.into_iter().take(if cfg!(miri) { 2 } else { 3 }).enumerate() {
                 let shape = if cfg!(miri) { Shape::new(2, 5, 9) } else { Shape::new(3, 21, 37) };
                 let clean = gen_case(i as u64 * 7 + j as u64, shape, layout, 10.0);
                 let mut dirty = clean.clone();
@@ -322,7 +324,9 @@ fn overflowing_scale_is_not_nan() {
             let beta = [0.5, -1.0, 0.0, 0.25, 1.0, -3.0];
             let tame: Vec<f32> =
                 gamma.iter().enumerate().map(|(c, &g)| if c < 3 { 1.0 } else { g }).collect();
-            for eps in [0.0, 1e-5] {
+            // Under miri (which interprets every instruction; this test took 3 of its minutes in CI),
+            // ε = 0 only: the case where a zero variance makes the scale infinite.
+            for eps in [0.0, 1e-5].into_iter().take(if cfg!(miri) { 1 } else { 2 }) {
                 // Training.
                 let (mut m, mut v, mut y) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; d.len()]);
                 k.forward_training(&d, &x, &mut y, &Affine::new(&gamma, &beta, eps), &mut m, &mut v).unwrap();
@@ -457,11 +461,10 @@ const SUBNORMAL_MEAN_ULPS: f64 = 4.0;
 #[test]
 fn unrepresentative_first_plane() {
     for (seed, layout) in LAYOUTS.into_iter().enumerate() {
-        // Under miri (which interprets every instruction) the two 7×7-plane shapes only: 32×3×7 is the one
-        // that failed.
+        // Under miri (which interprets every instruction) 32×3×7 only: the one that failed.
         let shapes =
-            [Shape::new(7, 5, 7), Shape::new(32, 3, 7), Shape::new(32, 3, 49), Shape::new(3, 2, 300)];
-        for shape in shapes.into_iter().take(if cfg!(miri) { 2 } else { 4 }) {
+            [Shape::new(32, 3, 7), Shape::new(7, 5, 7), Shape::new(32, 3, 49), Shape::new(3, 2, 300)];
+        for shape in shapes.into_iter().take(if cfg!(miri) { 1 } else { 4 }) {
             let mut rng = Rng(seed as u64 * 31 + shape.n as u64);
             let mut case = gen_case(seed as u64, shape, layout, 1.0);
             for c in 0..shape.c {

@@ -45,7 +45,10 @@ const CONSTANTS: [f32; 6] = [0.0, -3.7, 1.0e6 + 0.5, 123.456, -2.5e-20, 7.0e30];
 #[test]
 fn constant_channels() {
     each_tier("constant_channels", |k| {
-        for sh in SHAPES {
+        // Under miri (this test took 2 of its minutes in CI): 2×3×4, 4×33×2 and the shape with more
+        // than one channel group.
+        let shapes = SHAPES.into_iter().enumerate().filter(|&(i, _)| !cfg!(miri) || [1, 4, 5].contains(&i));
+        for (_, sh) in shapes {
             for l in LAYOUTS {
                 let d = TensorDesc::new(sh, l).unwrap();
                 let x = tensor(sh, l, |c, _, _| CONSTANTS[c % CONSTANTS.len()]);

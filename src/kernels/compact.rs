@@ -581,13 +581,13 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "safe code over safe code on the host (the compact loops' unsafe is Cortex-M assembly, which miri does not run)"
+    )]
     fn same_bits_as_the_vector_pass() {
-        let mut shapes = vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2)];
-        // The two largest shapes only outside miri (this test is safe code over safe code, and the two
-        // took about 5 of miri's minutes in CI).
-        if !cfg!(miri) {
-            shapes.extend([(2, 19, 49), (1, 300, 3)]);
-        }
+        let shapes =
+            [(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2), (2, 19, 49), (1, 300, 3)];
         let layouts = [
             Layout::Nchw,
             Layout::Nhwc,
@@ -621,10 +621,7 @@ mod tests {
                 let z: Vec<f32> = values(d.len(), 5).iter().map(|v| v - 40.0).collect();
                 let epis = [Epi::NONE, Epi { relu: true, z: None }, Epi { relu: true, z: Some(&z) }];
                 for (k, src) in srcs.into_iter().enumerate() {
-                    // Under miri the epilogues run on the smaller tensors only (three times the work on
-                    // every shape made this test 12 of miri's minutes in CI).
-                    let epis = if cfg!(miri) && d.len() > 200 { &epis[..1] } else { &epis[..] };
-                    for e in epis {
+                    for e in &epis {
                         let (mut want, mut got) = (vec![f32::NAN; d.len()], vec![f32::NAN; d.len()]);
                         // The vector pass as `crate::arch::run` runs it: scales that may overflow take the
                         // plain pass and then the residual's epilogue.
@@ -690,13 +687,13 @@ mod tests {
     /// `U·|μ|` term, which the f32 mean alone would put there (1e-2 relative at 10⁴·σ). The statistics
     /// written out are [`moments`]' bit for bit; in place equals out of place.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "safe code over safe code on the host (the compact loops' unsafe is Cortex-M assembly, which miri does not run)"
+    )]
     fn training_within_bounds_at_any_offset() {
         let u = f64::from(f32::EPSILON) / 2.0;
-        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
-            &[(2, 5, 7)]
-        } else {
-            &[(2, 5, 7), (1, 16, 9), (3, 6, 1), (2, 19, 13), (2, 9, 49)]
-        };
+        let shapes: &[(usize, usize, usize)] = &[(2, 5, 7), (1, 16, 9), (3, 6, 1), (2, 19, 13), (2, 9, 49)];
         for &(n, c, s) in shapes {
             for layout in LAYOUTS {
                 for offset in [0.0f32, 1e4, 1e6] {
@@ -755,13 +752,23 @@ mod tests {
     /// `32U` relative — at offsets up to 10⁴·σ; group-of-four channels, single channels, blocks and
     /// chunks (N·S up to 6 000: about three chunks of 32-value blocks).
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "safe code over safe code on the host (the compact loops' unsafe is Cortex-M assembly, which miri does not run)"
+    )]
     fn moments_within_bounds() {
         let u = f64::from(f32::EPSILON) / 2.0;
-        let mut shapes =
-            vec![(2, 5, 7), (1, 16, 9), (3, 3, 1), (2, 37, 13), (1, 1, 5), (4, 6, 2), (2, 9, 49)];
-        if !cfg!(miri) {
-            shapes.extend([(3, 6, 2000), (1, 300, 3)]);
-        }
+        let shapes = [
+            (2, 5, 7),
+            (1, 16, 9),
+            (3, 3, 1),
+            (2, 37, 13),
+            (1, 1, 5),
+            (4, 6, 2),
+            (2, 9, 49),
+            (3, 6, 2000),
+            (1, 300, 3),
+        ];
         for (n, c, s) in shapes {
             for layout in LAYOUTS {
                 for offset in [0.0f32, 1e2, 1e4] {
