@@ -4,7 +4,9 @@
 //! up to 1 MB or in the L3, the serial call's bits; larger channels-last statistics within `moments`'
 //! bounds and equal to the merged partials of the documented cut (CI runs this file again with
 //! `BNORM_STREAM_MIN_BYTES=0` so that they are taken on any machine); bad input the serial call's `Err`, with nothing
-//! written. Tensors are sized past 64 KB (and some past 1 MB) so that the work is really cut.
+//! written. The backward pass, its halves and ReLU's backward likewise: the serial call's bits where its
+//! sums are cut by channels or computed serially (up to 1 MB), else the oracle's bounds. Tensors are
+//! sized past 64 KB (and some past 1 MB) so that the work is really cut.
 #![cfg(feature = "rayon")]
 
 mod common;
@@ -199,8 +201,8 @@ fn the_cut_is_fixed_by_the_tensor() {
     }
 }
 
-/// Whether the documented plan computes this tensor's gradient sums bit for bit as the serial call does
-/// (as the statistics: by channels, or the serial sums up to 1 MB and in the L3).
+/// Whether the documented plan computes this tensor's gradient sums bit for bit as the serial call does:
+/// by channels, or the serial call up to 1 MB (channels-last tensors beyond take the parts' sums).
 fn sums_bit_identical(d: &TensorDesc) -> bool {
     let sh = d.shape();
     let by_channels = sh.spatial > 1
@@ -209,14 +211,13 @@ fn sums_bit_identical(d: &TensorDesc) -> bool {
             Layout::Blocked { block } => sh.c > block,
             Layout::Nhwc => false,
         };
-    let in_l3 = d.len() * 2 <= bnorm::__bench::tuning().stream_min_bytes;
-    by_channels || d.len() <= 1 << 18 || in_l3
+    by_channels || d.len() <= 1 << 18
 }
 
 /// The backward case: a forward case, `dy`, the statistics' mode, whether `dγ`/`dβ` are asked for, and
 /// the epilogue (0 none, 1 ReLU, 2 add+ReLU).
 /// Half the cases channels-last memory past 1 MB (NHWC, or any layout with spatial size 1), whose sums
-/// come from the parts of the cut where the L3 would not hold them (`BNORM_STREAM_MIN_BYTES=0`).
+/// come from the parts of the cut.
 fn back_case() -> impl Strategy<Value = (Case, StatsMode, bool, usize)> {
     let wide = prop_oneof![
         ((1..=2usize, 24..=40usize, 7000..=9000usize), Just(Layout::Nhwc)),
