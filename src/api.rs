@@ -673,11 +673,7 @@ impl Kernels {
         grads: ParamGrads<'_>,
         epilogue: GradEpilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("dy", dy, desc.len())?;
-        check_len("dx", dx, desc.len())?;
-        check_grad_epilogue(desc, &epilogue)?;
-        check_backward(desc, affine, saved, &grads)?;
+        check_backward_with(desc, x, Some(dy), ("dx", dx), &epilogue, affine, saved, &grads)?;
         match epilogue {
             GradEpilogue::None => {
                 self.backward_call(desc, x, Data::Split(dy, dx), affine, saved, None, grads)
@@ -706,10 +702,7 @@ impl Kernels {
         grads: ParamGrads<'_>,
         epilogue: GradEpilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("dy_dx", dy_dx, desc.len())?;
-        check_grad_epilogue(desc, &epilogue)?;
-        check_backward(desc, affine, saved, &grads)?;
+        check_backward_with(desc, x, None, ("dy_dx", dy_dx), &epilogue, affine, saved, &grads)?;
         match epilogue {
             GradEpilogue::None => {}
             GradEpilogue::Relu { y } => {
@@ -792,12 +785,7 @@ impl Kernels {
         sum_dy: &mut [f32],
         sum_dy_xmu: &mut [f32],
     ) -> Result<(), Error> {
-        let c = desc.shape().c;
-        check_len("x", x, desc.len())?;
-        check_len("dy", dy, desc.len())?;
-        check_len("mean", mean, c)?;
-        check_len("sum_dy", sum_dy, c)?;
-        check_len("sum_dy_xmu", sum_dy_xmu, c)?;
+        check_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu)?;
         let data = GradData::Reduce(dy, ReduceOut { sum_dy, sum_dy_xmu });
         // The reduce half reads only `mean` from the parameters.
         let params = BackParams {
@@ -896,7 +884,46 @@ impl Kernels {
     }
 }
 
-pub(crate) fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Error> {
+/// The checks of [`Kernels::backward_with`] (`dy` `None`: in place, `dx` named `what` holding `dy`),
+/// shared with the parallel front end.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_backward_with(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: Option<&[f32]>,
+    (what, dx): (&'static str, &[f32]),
+    epilogue: &GradEpilogue<'_>,
+    affine: &Affine<'_>,
+    saved: &Saved<'_>,
+    grads: &ParamGrads<'_>,
+) -> Result<(), Error> {
+    check_len("x", x, desc.len())?;
+    if let Some(dy) = dy {
+        check_len("dy", dy, desc.len())?;
+    }
+    check_len(what, dx, desc.len())?;
+    check_grad_epilogue(desc, epilogue)?;
+    check_backward(desc, affine, saved, grads)
+}
+
+/// The checks of [`Kernels::backward_reduce`], shared with the parallel front end.
+pub(crate) fn check_reduce(
+    desc: &TensorDesc,
+    x: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    sum_dy: &[f32],
+    sum_dy_xmu: &[f32],
+) -> Result<(), Error> {
+    let c = desc.shape().c;
+    check_len("x", x, desc.len())?;
+    check_len("dy", dy, desc.len())?;
+    check_len("mean", mean, c)?;
+    check_len("sum_dy", sum_dy, c)?;
+    check_len("sum_dy_xmu", sum_dy_xmu, c)
+}
+
+fn check_grad_epilogue(desc: &TensorDesc, e: &GradEpilogue<'_>) -> Result<(), Error> {
     match e {
         GradEpilogue::None => Ok(()),
         GradEpilogue::Relu { y } => check_len("y", y, desc.len()),

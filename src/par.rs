@@ -44,7 +44,7 @@ use rayon::prelude::*;
 use crate::Error;
 use crate::api::{
     Affine, Epilogue, GradEpilogue, GradSums, ParamGrads, Saved, back_params, check_backward,
-    check_channel_affine, check_from_partials, check_grad_epilogue, check_inference, check_len,
+    check_backward_with, check_channel_affine, check_from_partials, check_inference, check_len, check_reduce,
     check_stats_out, check_sums, check_training,
 };
 use crate::dispatch::{Isa, Kernels};
@@ -396,11 +396,7 @@ impl Par<'_> {
         grads: ParamGrads<'_>,
         epilogue: GradEpilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("dy", dy, desc.len())?;
-        check_len("dx", dx, desc.len())?;
-        check_grad_epilogue(desc, &epilogue)?;
-        check_backward(desc, affine, saved, &grads)?;
+        check_backward_with(desc, x, Some(dy), ("dx", dx), &epilogue, affine, saved, &grads)?;
         let params = back_params(affine, saved, None);
         if let BackPlan::Serial = back_plan(desc, needs_sums(&params, &grads)) {
             return self.k.backward_with(desc, x, dy, dx, affine, saved, grads, epilogue);
@@ -444,10 +440,7 @@ impl Par<'_> {
         grads: ParamGrads<'_>,
         epilogue: GradEpilogue<'_>,
     ) -> Result<(), Error> {
-        check_len("x", x, desc.len())?;
-        check_len("dy_dx", dy_dx, desc.len())?;
-        check_grad_epilogue(desc, &epilogue)?;
-        check_backward(desc, affine, saved, &grads)?;
+        check_backward_with(desc, x, None, ("dy_dx", dy_dx), &epilogue, affine, saved, &grads)?;
         let params = back_params(affine, saved, None);
         if let BackPlan::Serial = back_plan(desc, needs_sums(&params, &grads)) {
             return self.k.backward_in_place_with(desc, x, dy_dx, affine, saved, grads, epilogue);
@@ -506,12 +499,7 @@ impl Par<'_> {
         sum_dy: &mut [f32],
         sum_dy_xmu: &mut [f32],
     ) -> Result<(), Error> {
-        let c = desc.shape().c;
-        check_len("x", x, desc.len())?;
-        check_len("dy", dy, desc.len())?;
-        check_len("mean", mean, c)?;
-        check_len("sum_dy", sum_dy, c)?;
-        check_len("sum_dy_xmu", sum_dy_xmu, c)?;
+        check_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu)?;
         let tot = match back_plan(desc, true) {
             BackPlan::Serial | BackPlan::Elements => {
                 return self.k.backward_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu);
