@@ -420,8 +420,8 @@ fn channel_coef(
 }
 
 /// The element coefficients of channels `c0..` into `coefs`, and their `dγ`/`dβ` where asked for, from
-/// their sums `t` (indexed from `c0`, as [`GradData::Totals`] wrote them over the whole tensor): what the serial pass computes for
-/// each chunk, so its element pass on any part gives the serial pass's bits.
+/// their sums `t` (indexed from `c0`, as [`GradData::Totals`] wrote them over the whole tensor): what the
+/// serial pass computes for each chunk, so its element pass on any part gives the serial pass's bits.
 #[cfg(feature = "rayon")]
 pub(crate) fn coefs_from_totals(
     p: &BackParams<'_>,
