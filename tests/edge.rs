@@ -451,9 +451,6 @@ fn subnormal_mean_within_bound() {
     }
 }
 
-/// The bound the README states for the mean of subnormal data, in subnormal ulps.
-const SUBNORMAL_MEAN_ULPS: f64 = 4.0;
-
 /// The first sample unlike the rest of the batch: channel `c`'s values are `a` in sample 0 and `b` plus a
 /// small spread elsewhere. The statistics' shift must come from a whole first block, not from whatever the
 /// first plane holds; a shift from sample 0's 7×7 plane alone left `s2 − s1²/b` to cancel by a factor of

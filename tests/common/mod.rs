@@ -119,6 +119,10 @@ pub fn at_offset(v: &[f32], align: usize, fill: f32) -> Vec<f32> {
 //   subtraction, scale (1/√ correctly rounded, times γ) and fused or unfused multiply-add add a few U
 //   relative to |γ(x−μ)/σ'| + |β|.
 pub const MEAN_SIGMA: f64 = 16.0;
+/// The bound the README states for the mean of subnormal data, in subnormal ulps (2⁻¹⁴⁹): every block
+/// merge rounds the running mean to the subnormal grid, an absolute error the relative bounds above
+/// cannot express.
+pub const SUBNORMAL_MEAN_ULPS: f64 = 4.0;
 pub const VAR_REL: f64 = 32.0;
 pub const OUT_REL: f64 = 8.0;
 
