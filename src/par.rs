@@ -601,8 +601,8 @@ impl Par<'_> {
     ) {
         let c = desc.shape().c;
         let count = p.sums.map_or(desc.shape().count(), |g| g.count);
+        let need = needs_sums(&p, &grads);
         let mut out = BackOut { dgamma: grads.dgamma, dbeta: grads.dbeta };
-        let need = p.sums.is_none() && (p.batch_stats || out.dgamma.is_some() || out.dbeta.is_some());
         let mut coefs = vec![[0.0f32; 4]; c];
         let tot = {
             let dy_in = dy.unwrap_or(&*dx);
