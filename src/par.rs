@@ -126,6 +126,10 @@ enum BackPlan {
     Elements,
     /// By ranges of whole units of channels, each channel's sums as the serial pass computes them.
     Channels(usize),
+    /// A small channels-last tensor: its sums by ranges of this many columns (channels) of every row,
+    /// each channel's sums as the serial pass computes them, then the element pass by ranges of rows,
+    /// one per thread.
+    Columns(usize),
     /// From the sums of the parts of the fixed cut, added in part order.
     Parts,
 }
@@ -149,15 +153,22 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
     if sh.c > unit {
         if one_thread { BackPlan::Serial } else { BackPlan::Channels(unit) }
     } else if desc.len() <= 4 * PART_MIN {
-        // Up to 1 MB the serial call (on two threads, Zen 4, NHWC 1×1024×14×14: 29 GB/s, against 24 with
-        // the serial sums then the element pass on the pool, and 15–20 from the parts' sums).
-        BackPlan::Serial
+        // Up to 1 MB, the serial call's bits: on one thread, or rows narrower than two ranges, the serial
+        // call; else ranges of columns, multiples of four AVX-512 vectors (so a range's register tiles
+        // are the serial pass's: `kernels::backward::reduce_strip`), one per thread. On two threads, Zen
+        // 4, NHWC 1×1024×14×14: 29 GB/s serial, 24 with the serial sums then the element pass on the
+        // pool, 15–20 from the parts' sums (a call's fixed cost, ~10 µs at C = 1024, on each part).
+        let per = sh.c.div_ceil(rayon::current_num_threads()).next_multiple_of(COLUMNS);
+        if one_thread || per >= sh.c { BackPlan::Serial } else { BackPlan::Columns(per) }
     } else {
         // Beyond, the parts' sums on the pool, in the L3 too (unlike the statistics: the sums read two
         // tensors): NHWC 32×2048×7×7 23–28 GB/s against 13–19 with the serial sums, 12 serial.
         BackPlan::Parts
     }
 }
+
+/// The multiple of channels in a [`BackPlan::Columns`] range: four AVX-512 vectors.
+const COLUMNS: usize = 64;
 
 /// A backward call's data besides `x`: `dy` (`None`: in place, `dy` is `dx`) and `dx`.
 type BackData<'a, 'b> = (Option<&'a [f32]>, &'b mut [f32]);
@@ -504,7 +515,8 @@ impl Par<'_> {
             BackPlan::Serial | BackPlan::Elements => {
                 return self.k.backward_reduce(desc, x, dy, mean, sum_dy, sum_dy_xmu);
             }
-            BackPlan::Channels(unit) => self.range_totals(desc, x, dy, mean, unit),
+            BackPlan::Channels(unit) => self.range_totals(desc, x, dy, mean, channel_per(desc, unit)),
+            BackPlan::Columns(per) => self.range_totals(desc, x, dy, mean, per),
             BackPlan::Parts => self.part_totals(desc, x, dy, mean),
         };
         for (o, t) in sum_dy.iter_mut().zip(&tot[0]) {
@@ -604,9 +616,10 @@ impl Par<'_> {
         let need = needs_sums(&p, &grads);
         let mut out = BackOut { dgamma: grads.dgamma, dbeta: grads.dbeta };
         let mut coefs = vec![[0.0f32; 4]; c];
+        let plan = back_plan(desc, need);
         let tot = {
             let dy_in = dy.unwrap_or(&*dx);
-            match back_plan(desc, need) {
+            match plan {
                 BackPlan::Serial | BackPlan::Elements => [vec![0.0; c], vec![0.0; c], vec![0.0; c]],
                 BackPlan::Channels(unit) => {
                     let t = crate::tuning::get();
@@ -624,8 +637,9 @@ impl Par<'_> {
                         }
                         return;
                     }
-                    self.range_totals(desc, x, dy_in, p.mean, unit)
+                    self.range_totals(desc, x, dy_in, p.mean, channel_per(desc, unit))
                 }
+                BackPlan::Columns(per) => self.range_totals(desc, x, dy_in, p.mean, per),
                 BackPlan::Parts => self.part_totals(desc, x, dy_in, p.mean),
             }
         };
@@ -634,7 +648,11 @@ impl Par<'_> {
         let t = Totals { dy: a, dyx: b, x: d };
         coefs_from_totals(&p, &t, 0, count, &mut out, &mut coefs);
         let isa = self.k.isa();
-        let split = desc.split(work_len(desc));
+        let split = desc.split(match plan {
+            // (Rows of a small tensor: a part's call has a fixed cost, ~10 µs at C = 1024.)
+            BackPlan::Columns(_) => desc.len().div_ceil(rayon::current_num_threads()),
+            _ => work_len(desc),
+        });
         // `dx` is the tensor's length (validated), so every part has its piece.
         let Ok(pieces) = split.zip_mut(dx) else { return };
         let pieces: Vec<(Part, &mut [f32])> = pieces.collect();
@@ -651,17 +669,16 @@ impl Par<'_> {
         });
     }
 
-    /// The [`Weight`] sums of every channel, by ranges of whole `unit`s of channels on the pool.
+    /// The [`Weight`] sums of every channel, by ranges of `per` channels on the pool.
     fn range_totals(
         &self,
         desc: &TensorDesc,
         x: &[f32],
         dy: &[f32],
         mean: &[f32],
-        unit: usize,
+        per: usize,
     ) -> [Vec<Weight>; 3] {
         let c = desc.shape().c;
-        let per = c.div_ceil(2 * rayon::current_num_threads()).div_ceil(unit).max(1) * unit;
         let mut tot = [vec![0.0; c], vec![0.0; c], vec![0.0; c]];
         let [a, b, d] = &mut tot;
         a.par_chunks_mut(per).zip(b.par_chunks_mut(per)).zip(d.par_chunks_mut(per)).enumerate().for_each(
@@ -969,6 +986,11 @@ impl Par<'_> {
 
 /// Channels per range of the tasks that sum and then normalise their own channels: `fit` (the serial
 /// pass's chunk), in whole units, and two ranges per thread where the channels allow (balance).
+/// Channels per range of a [`BackPlan::Channels`] call: two ranges per thread, whole `unit`s.
+fn channel_per(desc: &TensorDesc, unit: usize) -> usize {
+    desc.shape().c.div_ceil(2 * rayon::current_num_threads()).div_ceil(unit).max(1) * unit
+}
+
 fn ranges_of(c: usize, fit: usize, unit: usize) -> usize {
     let spread = c.div_ceil(2 * rayon::current_num_threads());
     fit.min(spread).div_ceil(unit).max(1) * unit

@@ -216,12 +216,15 @@ fn sums_bit_identical(d: &TensorDesc) -> bool {
 
 /// The backward case: a forward case, `dy`, the statistics' mode, whether `dγ`/`dβ` are asked for, and
 /// the epilogue (0 none, 1 ReLU, 2 add+ReLU).
-/// Half the cases channels-last memory past 1 MB (NHWC, or any layout with spatial size 1), whose sums
-/// come from the parts of the cut.
+/// Half the cases channels-last memory: past 1 MB (NHWC, or any layout with spatial size 1), whose sums
+/// come from the parts of the cut, or up to 1 MB with rows of 96 channels or more, whose sums are by
+/// ranges of columns (the serial call's bits).
 fn back_case() -> impl Strategy<Value = (Case, StatsMode, bool, usize)> {
     let wide = prop_oneof![
         ((1..=2usize, 24..=40usize, 7000..=9000usize), Just(Layout::Nhwc)),
         ((7000..=9000usize, 30..=80usize, 1..=1usize), prop::sample::select(LAYOUTS.to_vec())),
+        ((1..=2usize, 96..=520usize, 170..=240usize), Just(Layout::Nhwc)),
+        ((170..=480usize, 96..=520usize, 1..=1usize), prop::sample::select(LAYOUTS.to_vec())),
     ];
     let wide = (wide, any::<u64>(), prop::sample::select(vec![1.0, 1e4]))
         .prop_map(|(((n, c, s), l), seed, off)| gen_case(seed, Shape::new(n, c, s), l, off));

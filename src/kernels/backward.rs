@@ -29,7 +29,6 @@ use super::ops::wide;
 use super::ops::{Kind, chunks_of, kind, row_len, row_width, train_chunk_of};
 use super::stats::Weight;
 use crate::arch::Simd;
-use crate::arch::scalar::Scalar;
 use crate::layout::TensorDesc;
 use crate::tuning;
 
@@ -301,9 +300,9 @@ fn backward<S: Simd>(
     let step =
         if need_reduce && !reduce_only { train_chunk_of(desc, 2 * tn.train_chunk_bytes, g) } else { g };
     let count = p.sums.map_or(desc.shape().count(), |g| g.count);
-    for (c0, c1) in chunks_of(desc, step, g) {
+    for chunk in chunks_of(desc, step, g) {
         // (The range is all channels but for `GradData::Totals`.)
-        let (c0, c1) = (c0.max(r0), c1.min(r1));
+        let (c0, c1) = (chunk.0.max(r0), chunk.1.min(r1));
         if c0 >= c1 {
             continue;
         }
@@ -316,7 +315,7 @@ fn backward<S: Simd>(
                 GradData::Totals(dy, ..) => dy,
                 GradData::InPlace(dydx) => dydx,
             };
-            reduce_range(s, desc, x, dy, p.mean, c0, c1, &mut t, &mut mid, co.m_mut());
+            reduce_range(s, desc, x, dy, p.mean, (c0, c1), chunk, &mut t, &mut mid, co.m_mut());
         }
         match &mut data {
             GradData::Reduce(_, o) => {
@@ -338,11 +337,7 @@ fn backward<S: Simd>(
         }
         match given {
             Some(given) => coef[..n].copy_from_slice(&given[c0..c1]),
-            None => {
-                for (j, cf) in coef[..n].iter_mut().enumerate() {
-                    *cf = channel_coef(p, c0 + j, &t, j, count, out);
-                }
-            }
+            None => coefs_of(s, p, c0, &t, count, out, &mut coef[..n]),
         }
         let coef = &coef[..n];
         let train = p.batch_stats;
@@ -375,48 +370,80 @@ fn backward<S: Simd>(
     }
 }
 
-/// Channel `c`'s element coefficients, and its `dγ`/`dβ` where asked for. The sums come from `p.sums`
-/// when given, else from `t[j]`.
+/// The element coefficients of channels `c0..c0 + coef.len()` into `coef`, and their `dγ`/`dβ` where
+/// asked for. The sums come from `p.sums` when given, else from `t` (indexed from `c0`).
+///
+/// `1/√(var + ε)` is the tier's vector operation (the forward pass's bits) on blocks of channels; the
+/// rest is scalar f64 with one division per channel (the mean of `dy`, exact for a constant `dy`), the
+/// other `/M` multiplications by `1/M`: a backward call's per-channel cost was about 15 ns, six divisions
+/// deep (Zen 4: 15 of the 82 µs of NHWC 1×1024×14×14).
 #[inline(always)]
-fn channel_coef(
+fn coefs_of<S: Simd>(
+    s: S,
     p: &BackParams<'_>,
-    c: usize,
+    c0: usize,
     t: &Totals<'_>,
-    j: usize,
     count: usize,
     out: &mut BackOut<'_>,
-) -> Coef {
-    let inv = Simd::inv_sqrt_or_zero(Scalar, p.var[c] + p.eps);
-    let a = p.gamma.map_or(1.0, |g| g[c]) * inv;
-    let m = p.mean[c];
-    let (sdy, cov) = match p.sums {
-        Some(g) => (g.sum_dy[c] as Weight, g.sum_dy_xmu[c] as Weight),
-        None if p.batch_stats => {
-            let sdy = t.dy[j];
-            // Σ(dy − mean(dy))·(x − mean), whatever the rounding of `mean`.
-            (sdy, t.dyx[j] - sdy / count as Weight * t.x[j])
-        }
-        None => (t.dy[j], t.dyx[j]),
-    };
-    if let Some(db) = out.dbeta.as_deref_mut() {
-        db[c] = sdy as f32;
-    }
-    if let Some(dg) = out.dgamma.as_deref_mut() {
-        dg[c] = (inv as Weight * cov) as f32;
-    }
-    if !p.batch_stats {
-        return [a, 0.0, m, 0.0];
-    }
+    coef: &mut [Coef],
+) {
+    const B: usize = 64;
     let mw = count as Weight;
-    let k = -(a as Weight) * (inv as Weight) * (inv as Weight) * cov / mw;
-    let mut mdy = sdy / mw;
-    if p.sums.is_none() {
-        // The batch mean is `m + lo` with `lo = Σ(x − m)/M` (the saved `m` is its f32 rounding), and
-        // `dx = a·(dy − mean(dy)) + k·((x − m) − lo)`: `−k·lo` goes into `mdy` as `(k/a)·lo`, so `dx`
-        // does not carry the mean's rounding (`|k|·U·|mean|`, large at large offsets; issue 12, item 5).
-        mdy -= (inv as Weight) * (inv as Weight) * cov / mw * (t.x[j] / mw);
+    let rm = 1.0 / mw;
+    for (b, cfs) in coef.chunks_mut(B).enumerate() {
+        let j0 = b * B;
+        let cb = c0 + j0;
+        let mut inv = [0.0f32; B];
+        for (v, &var) in inv.iter_mut().zip(&p.var[cb..cb + cfs.len()]) {
+            *v = var + p.eps;
+        }
+        // (B is a multiple of every tier's LANES; the lanes past the channels hold 0 and give 0.)
+        let mut i = 0;
+        while i < B {
+            let v = s.inv_sqrt_or_zero(s.load(&inv[i..]));
+            s.store(&mut inv[i..], v);
+            i += S::LANES;
+        }
+        for (i, (cf, &inv)) in cfs.iter_mut().zip(&inv).enumerate() {
+            let (c, j) = (cb + i, j0 + i);
+            let a = p.gamma.map_or(1.0, |g| g[c]) * inv;
+            let m = p.mean[c];
+            let (sdy, cov, mdy) = match p.sums {
+                Some(g) => {
+                    let sdy = g.sum_dy[c] as Weight;
+                    (sdy, g.sum_dy_xmu[c] as Weight, sdy / mw)
+                }
+                None if p.batch_stats => {
+                    let sdy = t.dy[j];
+                    let mdy = sdy / mw;
+                    // Σ(dy − mean(dy))·(x − mean), whatever the rounding of `mean`.
+                    (sdy, t.dyx[j] - mdy * t.x[j], mdy)
+                }
+                None => (t.dy[j], t.dyx[j], 0.0),
+            };
+            if let Some(db) = out.dbeta.as_deref_mut() {
+                db[c] = sdy as f32;
+            }
+            if let Some(dg) = out.dgamma.as_deref_mut() {
+                dg[c] = (inv as Weight * cov) as f32;
+            }
+            if !p.batch_stats {
+                *cf = [a, 0.0, m, 0.0];
+                continue;
+            }
+            let q = (inv as Weight) * (inv as Weight) * cov * rm;
+            let k = -(a as Weight) * q;
+            let mut mdy = mdy;
+            if p.sums.is_none() {
+                // The batch mean is `m + lo` with `lo = Σ(x − m)/M` (the saved `m` is its f32 rounding),
+                // and `dx = a·(dy − mean(dy)) + k·((x − m) − lo)`: `−k·lo` goes into `mdy` as
+                // `(k/a)·lo`, so `dx` does not carry the mean's rounding (`|k|·U·|mean|`, large at large
+                // offsets; issue 12, item 5).
+                mdy -= q * (t.x[j] * rm);
+            }
+            *cf = [a, k as f32, m, mdy as f32];
+        }
     }
-    [a, k as f32, m, mdy as f32]
 }
 
 /// The element coefficients of channels `c0..` into `coefs`, and their `dγ`/`dβ` where asked for, from
@@ -431,12 +458,13 @@ pub(crate) fn coefs_from_totals(
     out: &mut BackOut<'_>,
     coefs: &mut [Coef],
 ) {
-    for (j, cf) in coefs.iter_mut().enumerate() {
-        *cf = channel_coef(p, c0 + j, t, j, count, out);
-    }
+    coefs_of(crate::arch::scalar::Scalar, p, c0, t, count, out, coefs);
 }
 
-/// The sums of channels `c0..c1` into `t[0..c1 − c0]`. `pat` is scratch for a mean pattern.
+/// The sums of channels `c0..c1` into `t[0..c1 − c0]`. `pat` is scratch for a mean pattern. `chunk` is
+/// the serial pass's chunk that holds `c0..c1` (the same range but for [`GradData::Totals`]): a
+/// channels-last range walks its rows in the chunk's pieces, so that each channel's sums are the serial
+/// pass's bits (see [`reduce_strip`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn reduce_range<S: Simd>(
@@ -445,8 +473,8 @@ fn reduce_range<S: Simd>(
     x: &[f32],
     dy: &[f32],
     mean: &[f32],
-    c0: usize,
-    c1: usize,
+    (c0, c1): (usize, usize),
+    chunk: (usize, usize),
     t: &mut Totals<'_>,
     mid: &mut Mid<'_>,
     pat: &mut [f32],
@@ -474,7 +502,8 @@ fn reduce_range<S: Simd>(
                 *v = if c0 + i < c1 { mean[c0 + i] } else { 0.0 };
             }
             let strip = Strip { start: c0, rows: sh.n * sh.spatial, stride: row_len(desc), width: w };
-            reduce_strip(s, x, dy, &strip, &pat[..w], mid, t, (w, w, 0, limit));
+            let chunk_w = row_width(desc, chunk.0, chunk.1);
+            reduce_strip(s, x, dy, &strip, chunk_w, &pat[..w], mid, t, (w, w, 0, limit));
         }
         Kind::Blocked(b) => {
             // Sample by sample, the planes of as many of the chunk's blocks as the mid sums hold: each
@@ -678,6 +707,7 @@ fn reduce_strip<S: Simd>(
     x: &[f32],
     dy: &[f32],
     strip: &Strip,
+    chunk_w: usize,
     m: &[f32],
     mid: &mut Mid<'_>,
     t: &mut Totals<'_>,
@@ -685,7 +715,8 @@ fn reduce_strip<S: Simd>(
 ) {
     let l = S::LANES;
     let w = strip.width;
-    if w > 4 * l && x.len() >= tuning::get().stream_min_bytes {
+    // (Decided by the chunk's width, as the pieces below: a strip of a chunk walks the chunk's way.)
+    if chunk_w > 4 * l && x.len() >= tuning::get().stream_min_bytes {
         // Rows wider than a register tile, of a tensor read from memory (four times the non-temporal
         // threshold, as the statistics decide): walked in address order with the sums in L1 (a tile walk
         // would read each row in several strided passes: NHWC 32×256×56×56 reduced at 10 GB/s so), in
@@ -704,8 +735,11 @@ fn reduce_strip<S: Simd>(
         }
         return;
     }
-    // Pieces of rows whose x and dy fit in a quarter of L2, so the tile columns re-read them from it.
-    let budget = tuning::get().l2_bytes / 4 / (8 * w).max(1);
+    // Pieces of rows whose x and dy fit in a quarter of L2, so the tile columns re-read them from it:
+    // the rows of the whole chunk (`chunk_w` wide) for a strip that is part of one, so that the strip's
+    // chains and flushes, and so its sums' bits, are the chunk's (a strip starting a multiple of four
+    // vectors into the chunk has the chunk's tiles too: the parallel front end's column ranges).
+    let budget = tuning::get().l2_bytes / 4 / (8 * chunk_w).max(1);
     let piece = (budget / CHAIN * CHAIN).clamp(CHAIN, CHAIN * CHAIN);
     let mut r0 = 0;
     while r0 < strip.rows {
