@@ -154,12 +154,13 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
         if one_thread { BackPlan::Serial } else { BackPlan::Channels(unit) }
     } else if desc.len() <= 4 * PART_MIN {
         // Up to 1 MB, the serial call's bits: on one thread, or rows narrower than two ranges, the serial
-        // call; else ranges of columns, multiples of four AVX-512 vectors (so a range's register tiles
-        // are the serial pass's: `kernels::backward::reduce_strip`), one per thread. On two threads, Zen
-        // 4, NHWC 1×1024×14×14: 29 GB/s serial, 24 with the serial sums then the element pass on the
-        // pool, 15–20 from the parts' sums (a call's fixed cost, ~10 µs at C = 1024, on each part).
-        let per = sh.c.div_ceil(rayon::current_num_threads()).next_multiple_of(COLUMNS);
-        if one_thread || per >= sh.c { BackPlan::Serial } else { BackPlan::Columns(per) }
+        // call; else ranges of columns (`column_per`), one per thread. On two threads, Zen 4, NHWC
+        // 1×1024×14×14: 29 GB/s serial, 24 with the serial sums then the element pass on the pool, 15–20
+        // from the parts' sums (a call's fixed cost, ~10 µs at C = 1024, on each part), 47 by columns.
+        match column_per(sh.c) {
+            Some(per) if !one_thread => BackPlan::Columns(per),
+            _ => BackPlan::Serial,
+        }
     } else {
         // Beyond, the parts' sums on the pool, in the L3 too (unlike the statistics: the sums read two
         // tensors): NHWC 32×2048×7×7 23–28 GB/s against 13–19 with the serial sums, 12 serial.
@@ -167,8 +168,20 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
     }
 }
 
-/// The multiple of channels in a [`BackPlan::Columns`] range: four AVX-512 vectors.
-const COLUMNS: usize = 64;
+/// Channels per range of a channels-last tensor cut by columns (the statistics of
+/// [`StatsPlan::SerialStats`], the sums of [`BackPlan::Columns`]): one range per thread, a multiple of
+/// 128 channels (two register tiles of AVX-512, so each range's tiles are its serial chunk's), the last
+/// range whole chunk or at least 64 wide (so its rows are blocked as the chunk's). The kernels walk a
+/// range of a chunk as they walk the chunk (`kernels::stats::rows_moments`,
+/// `kernels::backward::reduce_strip`), so every channel's statistics and sums are the serial call's
+/// bits. `None` where that leaves one range.
+fn column_per(c: usize) -> Option<usize> {
+    let mut per = c.div_ceil(rayon::current_num_threads()).next_multiple_of(128);
+    while per < c && !c.is_multiple_of(per) && c % per < 64 {
+        per += 128;
+    }
+    (per < c).then_some(per)
+}
 
 /// A backward call's data besides `x`: `dy` (`None`: in place, `dy` is `dx`) and `dx`.
 type BackData<'a, 'b> = (Option<&'a [f32]>, &'b mut [f32]);
@@ -203,7 +216,9 @@ impl Par<'_> {
                 let mut lo = vec![0.0f32; desc.shape().c];
                 self.channel_stats(desc, x, unit, mean, &mut lo, var);
             }
-            StatsPlan::SerialStats => return self.k.moments(desc, x, mean, var),
+            StatsPlan::SerialStats => {
+                self.column_stats(desc, x, mean, &mut vec![0.0f32; desc.shape().c], var);
+            }
             StatsPlan::Partials => {
                 let acc = self.merged_partials(desc, x);
                 finish(&acc, mean, &mut vec![0.0f32; acc.len()], var);
@@ -827,13 +842,8 @@ impl Par<'_> {
                 Ok(())
             }
             StatsPlan::SerialStats => {
-                let (c, isa) = (desc.shape().c, self.k.isa());
-                let mut lo = vec![0.0f32; c];
-                let x_in = x.unwrap_or(&*y);
-                let (mean_r, lo_r, var_r) = (&mut *mean, &mut lo[..], &mut *var);
-                let call =
-                    Call::RangeMoments { desc, x: x_in, c0: 0, c1: c, mean: mean_r, lo: lo_r, var: var_r };
-                crate::arch::run(isa, call);
+                let mut lo = vec![0.0f32; desc.shape().c];
+                self.column_stats(desc, x.unwrap_or(&*y), mean, &mut lo, var);
                 self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
                 Ok(())
             }
@@ -909,10 +919,35 @@ impl Par<'_> {
         lo: &mut [f32],
         var: &mut [f32],
     ) {
-        let c = desc.shape().c;
         // Two ranges per thread for balance. (The ranges do not change any channel's bits.)
-        let ranges = 2 * rayon::current_num_threads();
-        let per = c.div_ceil(ranges).div_ceil(unit).max(1) * unit;
+        self.range_stats(desc, x, channel_per(desc, unit), mean, lo, var);
+    }
+
+    /// The statistics of a channels-last tensor ([`StatsPlan::SerialStats`]): by ranges of columns on
+    /// the pool where there are two ([`column_per`]), else the serial call; the serial call's bits.
+    /// (Zen 4, AVX-512, two threads, NHWC 1×1024×14×14: training 28 → 51 GB/s, `moments` 42 → 74, in
+    /// the roofline's warm runs; the serial statistics, then the element pass on the pool, before.)
+    fn column_stats(&self, desc: &TensorDesc, x: &[f32], mean: &mut [f32], lo: &mut [f32], var: &mut [f32]) {
+        let c = desc.shape().c;
+        match column_per(c) {
+            Some(per) => self.range_stats(desc, x, per, mean, lo, var),
+            None => {
+                let call = Call::RangeMoments { desc, x, c0: 0, c1: c, mean, lo, var };
+                crate::arch::run(self.k.isa(), call);
+            }
+        }
+    }
+
+    /// The statistics of ranges of `per` channels on the pool.
+    fn range_stats(
+        &self,
+        desc: &TensorDesc,
+        x: &[f32],
+        per: usize,
+        mean: &mut [f32],
+        lo: &mut [f32],
+        var: &mut [f32],
+    ) {
         let isa = self.k.isa();
         mean.par_chunks_mut(per)
             .zip(lo.par_chunks_mut(per))

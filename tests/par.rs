@@ -35,6 +35,9 @@ fn case() -> impl Strategy<Value = Case> {
         3 => (1..=4usize, 1..=48usize, 300..=1500usize),
         1 => (300..=3000usize, 3..=40usize, 1..=1usize),
         1 => (1..=2usize, 8..=40usize, 2000..=3000usize),
+        // Rows wide enough for the channels-last statistics by ranges of columns.
+        1 => (1..=2usize, 130..=400usize, 60..=150usize),
+        1 => (60..=300usize, 130..=400usize, 1..=1usize),
         // Past 1 MB: channels-last statistics from merged partials.
         2 => (1..=2usize, 24..=40usize, 7000..=9000usize),
     ];

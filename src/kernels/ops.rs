@@ -101,8 +101,9 @@ pub(crate) enum Call<'a> {
     },
     /// The statistics of channels `c0..c1` only (`mean`, `lo`, `var`: `c1 - c0` long), channel by
     /// channel as `moments` and training compute them: for the parallel front end, which gives each
-    /// thread whole channels. Ranges of NCHW channels, of whole blocks, or all channels (channels-last
-    /// memory, whose chunks the range must not cut).
+    /// thread whole channels. Ranges of NCHW channels, of whole blocks, or of channels-last columns cut
+    /// as `par::column_per` cuts them (multiples of 128 channels, the last at least 64 wide or a whole
+    /// chunk), which `rows_moments` walks as it walks their chunk.
     #[cfg(feature = "rayon")]
     RangeMoments {
         desc: &'a TensorDesc,

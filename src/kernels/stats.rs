@@ -255,7 +255,10 @@ pub(crate) fn rows_moments<S: Simd, const N: usize>(s: S, x: &[f32], rows: &Rows
     let mut cursor = (0, 0);
     let mut runs = [(0usize, 0usize); 2 * ROW_BLOCK];
     // Rows narrower than a tile are one vector (or less) wide, summed into four accumulators: twice
-    // the rows per block keeps their chains at 16 additions and halves the merges.
+    // the rows per block keeps their chains at 16 additions and halves the merges. (Every lane's
+    // arithmetic depends only on `rb`, on the tiles that hold it and on its rows: a range of columns of
+    // a chunk at least 64 wide, starting a multiple of two AVX-512 tiles into it, gives each channel the
+    // chunk's bits; the parallel front end's `column_per` cuts so.)
     let rb = if w >= TILE * l { ROW_BLOCK } else { 2 * ROW_BLOCK };
     let pf = match prefetch_limit(x.len()) {
         0 => 0,
