@@ -214,7 +214,7 @@ impl Par<'_> {
             StatsPlan::Serial => return self.k.moments(desc, x, mean, var),
             StatsPlan::Channels(unit) => {
                 let mut lo = vec![0.0f32; desc.shape().c];
-                self.channel_stats(desc, x, unit, mean, &mut lo, var);
+                self.range_stats(desc, x, channel_per(desc, unit), mean, &mut lo, var);
             }
             StatsPlan::SerialStats => {
                 self.column_stats(desc, x, mean, &mut vec![0.0f32; desc.shape().c], var);
@@ -835,7 +835,7 @@ impl Par<'_> {
                     _ => {
                         // In place, a range's statistics read channels of every sample, which other
                         // threads may be overwriting: all statistics first, then the normalise pass.
-                        self.channel_stats(desc, x.unwrap_or(&*y), unit, mean, &mut lo, var);
+                        self.range_stats(desc, x.unwrap_or(&*y), channel_per(desc, unit), mean, &mut lo, var);
                         self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
                     }
                 }
@@ -908,21 +908,6 @@ impl Par<'_> {
         });
     }
 
-    /// The statistics of every channel, computed in ranges of whole `unit`s of channels on the pool:
-    /// each channel by one thread, exactly as the serial kernels compute it.
-    fn channel_stats(
-        &self,
-        desc: &TensorDesc,
-        x: &[f32],
-        unit: usize,
-        mean: &mut [f32],
-        lo: &mut [f32],
-        var: &mut [f32],
-    ) {
-        // Two ranges per thread for balance. (The ranges do not change any channel's bits.)
-        self.range_stats(desc, x, channel_per(desc, unit), mean, lo, var);
-    }
-
     /// The statistics of a channels-last tensor ([`StatsPlan::SerialStats`]): by ranges of columns on
     /// the pool where there are two ([`column_per`]), else the serial call; the serial call's bits.
     /// (Zen 4, AVX-512, two threads, NHWC 1×1024×14×14: training 28 → 51 GB/s, `moments` 42 → 74, in
@@ -938,7 +923,9 @@ impl Par<'_> {
         }
     }
 
-    /// The statistics of ranges of `per` channels on the pool.
+    /// The statistics of every channel, computed in ranges of `per` channels on the pool (whole units
+    /// of NCHW and blocked channels, [`channel_per`]; columns, [`column_per`]): each channel by one
+    /// thread, exactly as the serial kernels compute it.
     fn range_stats(
         &self,
         desc: &TensorDesc,
@@ -1019,13 +1006,14 @@ impl Par<'_> {
     }
 }
 
-/// Channels per range of the tasks that sum and then normalise their own channels: `fit` (the serial
-/// pass's chunk), in whole units, and two ranges per thread where the channels allow (balance).
-/// Channels per range of a [`BackPlan::Channels`] call: two ranges per thread, whole `unit`s.
+/// Channels per range of the statistics or sums of NCHW and blocked tensors by channels: two ranges per
+/// thread for balance, whole `unit`s. (The ranges do not change any channel's bits.)
 fn channel_per(desc: &TensorDesc, unit: usize) -> usize {
     desc.shape().c.div_ceil(2 * rayon::current_num_threads()).div_ceil(unit).max(1) * unit
 }
 
+/// Channels per range of the tasks that sum and then normalise their own channels: `fit` (the serial
+/// pass's chunk), in whole units, and two ranges per thread where the channels allow (balance).
 fn ranges_of(c: usize, fit: usize, unit: usize) -> usize {
     let spread = c.div_ceil(2 * rayon::current_num_threads());
     fit.min(spread).div_ceil(unit).max(1) * unit
