@@ -80,8 +80,9 @@ enum StatsPlan {
     Channels(usize),
     /// From the partial statistics of the parts, merged in order.
     Partials,
-    /// The serial statistics (one thread), then the element pass on the pool.
-    SerialStats,
+    /// A channels-last tensor's statistics by ranges of columns ([`column_per`]; the serial call's
+    /// bits), then the element pass on the pool.
+    Columns,
 }
 
 fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
@@ -108,10 +109,11 @@ fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
         || desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
     {
         // Up to 1 MB, or while the L3 holds the tensor (twice the non-temporal threshold, half the L3:
-        // `crate::tuning`), the serial statistics (its bits) then the element pass on the pool: the
-        // partials of a cut cost more than they save there (NHWC on two threads, Zen 4: 1×1024×14×14
-        // 12 GB/s from four merged parts against 31 serial; 32×2048×7×7, 12.8 MB, 21 → 32 GB/s).
-        if one_thread { StatsPlan::Serial } else { StatsPlan::SerialStats }
+        // `crate::tuning`), the statistics by ranges of columns (the serial call's bits) then the element
+        // pass on the pool: the partials of a cut cost more than they save there (NHWC on two threads,
+        // Zen 4: 1×1024×14×14 12 GB/s from four merged parts against 31 with the serial statistics;
+        // 32×2048×7×7, 12.8 MB, 21 → 32 GB/s; by columns 51 and 42.5).
+        if one_thread { StatsPlan::Serial } else { StatsPlan::Columns }
     } else {
         StatsPlan::Partials
     }
@@ -134,7 +136,8 @@ enum BackPlan {
     Parts,
 }
 
-/// The backward counterpart of [`stats_plan`]: channels-last sums serial up to 1 MB, from parts beyond.
+/// The backward counterpart of [`stats_plan`]: channels-last sums by ranges of columns up to 1 MB, from
+/// the parts of the fixed cut beyond.
 fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
     let sh = desc.shape();
     let one_thread = rayon::current_num_threads() == 1;
@@ -169,7 +172,7 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
 }
 
 /// Channels per range of a channels-last tensor cut by columns (the statistics of
-/// [`StatsPlan::SerialStats`], the sums of [`BackPlan::Columns`]): one range per thread, a multiple of
+/// [`StatsPlan::Columns`], the sums of [`BackPlan::Columns`]): one range per thread, a multiple of
 /// 128 channels (two register tiles of AVX-512, so each range's tiles are its serial chunk's), the last
 /// range whole chunk or at least 64 wide (so its rows are blocked as the chunk's). The kernels walk a
 /// range of a chunk as they walk the chunk (`kernels::stats::rows_moments`,
@@ -216,7 +219,7 @@ impl Par<'_> {
                 let mut lo = vec![0.0f32; desc.shape().c];
                 self.range_stats(desc, x, channel_per(desc, unit), mean, &mut lo, var);
             }
-            StatsPlan::SerialStats => {
+            StatsPlan::Columns => {
                 self.column_stats(desc, x, mean, &mut vec![0.0f32; desc.shape().c], var);
             }
             StatsPlan::Partials => {
@@ -841,7 +844,7 @@ impl Par<'_> {
                 }
                 Ok(())
             }
-            StatsPlan::SerialStats => {
+            StatsPlan::Columns => {
                 let mut lo = vec![0.0f32; desc.shape().c];
                 self.column_stats(desc, x.unwrap_or(&*y), mean, &mut lo, var);
                 self.normalize(desc, x, y, stats_src(mean, Some(&lo), var, affine), epi);
@@ -908,10 +911,10 @@ impl Par<'_> {
         });
     }
 
-    /// The statistics of a channels-last tensor ([`StatsPlan::SerialStats`]): by ranges of columns on
+    /// The statistics of a channels-last tensor ([`StatsPlan::Columns`]): by ranges of columns on
     /// the pool where there are two ([`column_per`]), else the serial call; the serial call's bits.
     /// (Zen 4, AVX-512, two threads, NHWC 1×1024×14×14: training 28 → 51 GB/s, `moments` 42 → 74, in
-    /// the roofline's warm runs; the serial statistics, then the element pass on the pool, before.)
+    /// the roofline's warm runs; one thread's statistics, then the element pass on the pool, before.)
     fn column_stats(&self, desc: &TensorDesc, x: &[f32], mean: &mut [f32], lo: &mut [f32], var: &mut [f32]) {
         let c = desc.shape().c;
         match column_per(c) {
