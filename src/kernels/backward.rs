@@ -120,6 +120,18 @@ impl Mid<'_> {
     /// `q` holding channels `base + q·b ..` repeated every `b` (`p` a multiple of `b`: position `i` is
     /// total `base + (i / p)·b + i % b`); totals at or past `limit` are padding, dropped.
     fn flush(&mut self, w: usize, t: &mut Totals<'_>, (p, b, base, limit): Map) {
+        if p == b && base + w <= limit {
+            // Position `i` is total `base + i` (rows of channels, blocks as wide as a vector): whole
+            // slices, which vectorise (the loop below was 8 % of the reduction of blocked 1×1024×14×14).
+            for (tq, v) in [&mut *t.dy, &mut *t.dyx, &mut *t.x].into_iter().zip(self.v.iter_mut()) {
+                for (tj, vi) in tq[base..base + w].iter_mut().zip(v[..w].iter_mut()) {
+                    *tj += *vi as Weight;
+                    *vi = 0.0;
+                }
+            }
+            self.blocks = 0;
+            return;
+        }
         let mut i0 = 0;
         let mut jb = base;
         while i0 < w {
@@ -520,9 +532,14 @@ fn reduce_range<S: Simd>(
             while g0 < cb1 {
                 let g1 = (g0 + per).min(cb1);
                 let w = (g1 - g0) * p;
-                for (i, v) in pat[..w].iter_mut().enumerate() {
-                    let c = (g0 + i / p) * b + i % b;
-                    *v = if c < sh.c { mean[c] } else { 0.0 };
+                // (Without a division per position: 1024 of them were an eighth of the reduction of
+                // blocked 1×1024×14×14.)
+                for (cb, slot) in (g0..g1).zip(pat[..w].chunks_exact_mut(p)) {
+                    for rep in slot.chunks_exact_mut(b) {
+                        for (i, v) in rep.iter_mut().enumerate() {
+                            *v = mean.get(cb * b + i).copied().unwrap_or(0.0);
+                        }
+                    }
                 }
                 let map = (p, b, g0 * b - c0, limit);
                 for n in 0..sh.n {
@@ -1196,9 +1213,20 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
 /// (`coef[i % period]`, or zeros and a clear mask past `coef`: padding).
 #[inline(always)]
 fn fill_pattern<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef], w: usize, period: usize) {
-    for i in 0..w {
-        let [a, k, m, mdy] = coef.get(i % period).copied().unwrap_or([0.0; 4]);
-        co.set(at + i, [a, k, m, mdy], if i % period < coef.len() { LIVE } else { 0.0 });
+    // The first period, then copies of it (a division per position was a tenth of the element pass of
+    // blocked 1×1024×14×14 from the cache).
+    let head = period.max(1).min(w);
+    for i in 0..head {
+        let (c, mask) = coef.get(i).map_or(([0.0; 4], 0.0), |&c| (c, LIVE));
+        co.set(at + i, c, mask);
+    }
+    for arr in co.c.iter_mut() {
+        let mut i = head;
+        while i < w {
+            let n = head.min(w - i);
+            arr.copy_within(at..at + n, at + i);
+            i += n;
+        }
     }
 }
 
