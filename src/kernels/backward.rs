@@ -122,7 +122,7 @@ impl Mid<'_> {
     fn flush(&mut self, w: usize, t: &mut Totals<'_>, (p, b, base, limit): Map) {
         if p == b && base + w <= limit {
             // Position `i` is total `base + i` (rows of channels, blocks as wide as a vector): whole
-            // slices, which vectorise (the loop below was 8 % of the reduction of blocked 1×1024×14×14).
+            // slices, which vectorise (the loop below was 8 % of the reduction of blocked 1×1024×14×14, Zen 4).
             for (tq, v) in [&mut *t.dy, &mut *t.dyx, &mut *t.x].into_iter().zip(self.v.iter_mut()) {
                 for (tj, vi) in tq[base..base + w].iter_mut().zip(v[..w].iter_mut()) {
                     *tj += *vi as Weight;
@@ -419,7 +419,7 @@ fn coefs_of<S: Simd>(
         let n = cfs.len();
         // Each step a loop over the block's channels with the mode decided outside it, so that the
         // f64 arithmetic runs on vectors (the same operations in the same order: the same bits). A
-        // loop of branches per channel was 9 % of the element pass of 1×1024×14×14 from the cache.
+        // loop of branches per channel was 9 % of the element pass of 1×1024×14×14 from the cache (Zen 4).
         let (mut sdy, mut cov, mut mdy) = ([0.0 as Weight; B], [0.0 as Weight; B], [0.0 as Weight; B]);
         match p.sums {
             Some(g) => {
@@ -560,7 +560,7 @@ fn reduce_range<S: Simd>(
                 let g1 = (g0 + per).min(cb1);
                 let w = (g1 - g0) * p;
                 // (Without a division per position: 1024 of them were an eighth of the reduction of
-                // blocked 1×1024×14×14.)
+                // blocked 1×1024×14×14 on Zen 4.)
                 for (cb, slot) in (g0..g1).zip(pat[..w].chunks_exact_mut(p)) {
                     for rep in slot.chunks_exact_mut(b) {
                         for (i, v) in rep.iter_mut().enumerate() {
@@ -1241,7 +1241,7 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
 #[inline(always)]
 fn fill_pattern<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef], w: usize, period: usize) {
     // A counter, not a division per position (which was a tenth of the element pass of blocked
-    // 1×1024×14×14 from the cache).
+    // 1×1024×14×14 from the cache on Zen 4).
     let mut k = 0;
     for i in 0..w {
         let (c, mask) = coef.get(k).map_or(([0.0; 4], 0.0), |&c| (c, LIVE));
