@@ -122,7 +122,8 @@ impl Mid<'_> {
     fn flush(&mut self, w: usize, t: &mut Totals<'_>, (p, b, base, limit): Map) {
         if p == b && base + w <= limit {
             // Position `i` is total `base + i` (rows of channels, blocks as wide as a vector): whole
-            // slices, which vectorise (the loop below was 8 % of the reduction of blocked 1×1024×14×14, Zen 4).
+            // slices, which vectorise (the loop below was 8 % of the reduction of blocked
+            // 1×1024×14×14 on Zen 4).
             for (tq, v) in [&mut *t.dy, &mut *t.dyx, &mut *t.x].into_iter().zip(self.v.iter_mut()) {
                 for (tj, vi) in tq[base..base + w].iter_mut().zip(v[..w].iter_mut()) {
                     *tj += *vi as Weight;
