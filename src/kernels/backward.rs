@@ -816,9 +816,16 @@ fn reduce_cols<S: Simd>(
     let w = strip.width;
     let (start, rows, stride) = (strip.start, strip.rows, strip.stride);
     let mut col = 0;
-    // Tiles of four vectors (three sums each: 12 accumulators) with 32 registers, of two with 16;
-    // a lone vector deals its rows to four accumulator sets, to hide the additions' latency.
+    // Tiles of eight then four vectors (three sums each: 24 or 12 accumulators) with 32 registers, of
+    // two with 16; a lone vector deals its rows to four accumulator sets, to hide the additions'
+    // latency. A column's sums are the same whatever the tile holding it (one accumulator set each).
+    // Eight-vector tiles walk wide rows (rows 4 KB apart) half as many times: the sums of NHWC
+    // 1×1024×14×14 from the cache on AVX-512, Zen 4, 33–35 → 27 µs.
     if S::REGS >= 32 {
+        while col + 8 * l <= w {
+            reduce_tile::<S, 8, 1>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
+            col += 8 * l;
+        }
         while col + 4 * l <= w {
             reduce_tile::<S, 4, 1>(s, x, dy, (start, rows, stride), col, mcol, l, m, mid);
             col += 4 * l;
