@@ -262,7 +262,7 @@ pub(crate) fn backward_op<S: Simd>(
     #[cfg(target_pointer_width = "64")]
     let mut wide_rows: (Scratch<WIDE_GROUP>, [[f32; WIDE_PG]; 5]);
     #[cfg(target_pointer_width = "64")]
-    let w = if wide(desc) {
+    let w = if wide(desc) || long_runs(desc) {
         wide_rows = (Scratch::new(), [[0.0; WIDE_PG]; 5]);
         wide_rows.0.work(Pats::Wide(Coefs { c: &mut wide_rows.1 }))
     } else {
@@ -275,6 +275,17 @@ pub(crate) fn backward_op<S: Simd>(
         narrow.0.work(Pats::Narrow(Coefs { c: &mut narrow.1 }))
     };
     backward(s, desc, x, data, p, out, w)
+}
+
+/// Whether a planes or blocked tensor read from memory takes the wide scratch: its groups, up to
+/// [`WIDE_GROUP`] positions, are what each sample's runs of the reduce half are (chunks cap them in the
+/// full backward). Groups of [`GROUP`] positions hold 16 blocks whatever their width on AVX-512 (a
+/// block takes at least a vector), so a sample's run of nChw8c 32×2048×7×7 was 25 KB, of nChw4c 12 KB,
+/// and from memory the reduce half ran at 0.65 and 0.4 of nChw16c's speed (Zen 4). Zeroing the wide
+/// scratch costs a few µs: nothing beside a pass over memory, a tenth of a call from the cache.
+#[cfg(target_pointer_width = "64")]
+fn long_runs(desc: &TensorDesc) -> bool {
+    !matches!(kind(desc), Kind::Channels) && desc.len() >= tuning::get().stream_min_bytes / 4
 }
 
 #[inline(always)]
