@@ -29,11 +29,11 @@
 //!   instead (the serial call's bits; the element pass still on the pool): there the partials of a cut
 //!   cost more than they save.
 //! - **The backward pass**: its gradient sums are cut as the statistics are (by channels for NCHW and
-//!   blocked tensors; for channels-last memory the serial call up to 1 MB, beyond it the fixed cut's
-//!   parts' sums added in part order), every channel's coefficients are computed once from them as the serial pass computes
-//!   them, and the element pass runs on the parts: the serial call's bits wherever the sums are, within
-//!   its bounds where the parts' sums are added. The element half and ReLU's backward are always the
-//!   serial call's bits.
+//!   blocked tensors; for channels-last memory up to 1 MB by ranges of columns, or the serial call for
+//!   rows too narrow to cut, beyond it the fixed cut's parts' sums added in part order), every channel's
+//!   coefficients are computed once from them as the serial pass computes them, and the element pass
+//!   runs on the parts: the serial call's bits wherever the sums are, within its bounds where the
+//!   parts' sums are added. The element half and ReLU's backward are always the serial call's bits.
 //! - A tensor of at most 64 KB runs the serial call, and so does everything that is the serial call's
 //!   bits on a pool of one thread.
 //!
@@ -1106,41 +1106,86 @@ free! {
     /// [`Par::partial_moments`] on the best available tier.
     fn partial_moments(desc: &TensorDesc, x: &[f32], out: &mut [Partial]);
     /// [`Par::forward_training`] on the best available tier.
-    fn forward_training(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32]);
+    fn forward_training(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32]
+    );
     /// [`Par::forward_training_with`] on the best available tier.
-    fn forward_training_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32], epilogue: Epilogue<'_>);
+    fn forward_training_with(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32],
+        epilogue: Epilogue<'_>
+    );
     /// [`Par::forward_training_in_place_with`] on the best available tier.
-    fn forward_training_in_place_with(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32], epilogue: Epilogue<'_>);
+    fn forward_training_in_place_with(
+        desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &mut [f32], var: &mut [f32],
+        epilogue: Epilogue<'_>
+    );
     /// [`Par::forward_from_partials`] on the best available tier.
-    fn forward_from_partials(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, partials: &[Partial], epilogue: Epilogue<'_>);
+    fn forward_from_partials(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, partials: &[Partial],
+        epilogue: Epilogue<'_>
+    );
     /// [`Par::forward_from_partials_in_place`] on the best available tier.
-    fn forward_from_partials_in_place(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, partials: &[Partial], epilogue: Epilogue<'_>);
+    fn forward_from_partials_in_place(
+        desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, partials: &[Partial], epilogue: Epilogue<'_>
+    );
     /// [`Par::forward_inference`] on the best available tier.
-    fn forward_inference(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32]);
+    fn forward_inference(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32]
+    );
     /// [`Par::forward_inference_with`] on the best available tier.
-    fn forward_inference_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32], epilogue: Epilogue<'_>);
+    fn forward_inference_with(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32],
+        epilogue: Epilogue<'_>
+    );
     /// [`Par::forward_inference_in_place_with`] on the best available tier.
-    fn forward_inference_in_place_with(desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32], epilogue: Epilogue<'_>);
+    fn forward_inference_in_place_with(
+        desc: &TensorDesc, xy: &mut [f32], affine: &Affine<'_>, mean: &[f32], var: &[f32],
+        epilogue: Epilogue<'_>
+    );
     /// [`Par::channel_affine_with`] on the best available tier.
-    fn channel_affine_with(desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
+    fn channel_affine_with(
+        desc: &TensorDesc, x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>
+    );
     /// [`Par::channel_affine_in_place_with`] on the best available tier.
-    fn channel_affine_in_place_with(desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>);
+    fn channel_affine_in_place_with(
+        desc: &TensorDesc, xy: &mut [f32], scale: &[f32], shift: &[f32], epilogue: Epilogue<'_>
+    );
     /// [`Par::backward`] on the best available tier.
-    fn backward(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>);
+    fn backward(
+        desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        grads: ParamGrads<'_>
+    );
     /// [`Par::backward_with`] on the best available tier.
-    fn backward_with(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>);
+    fn backward_with(
+        desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>
+    );
     /// [`Par::backward_in_place`] on the best available tier.
-    fn backward_in_place(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>);
+    fn backward_in_place(
+        desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        grads: ParamGrads<'_>
+    );
     /// [`Par::backward_in_place_with`] on the best available tier.
-    fn backward_in_place_with(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>);
+    fn backward_in_place_with(
+        desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        grads: ParamGrads<'_>, epilogue: GradEpilogue<'_>
+    );
     /// [`Par::relu_backward`] on the best available tier.
     fn relu_backward(desc: &TensorDesc, y: &[f32], dy: &[f32], dz: &mut [f32]);
     /// [`Par::relu_backward_in_place`] on the best available tier.
     fn relu_backward_in_place(desc: &TensorDesc, y: &[f32], dy_dz: &mut [f32]);
     /// [`Par::backward_reduce`] on the best available tier.
-    fn backward_reduce(desc: &TensorDesc, x: &[f32], dy: &[f32], mean: &[f32], sum_dy: &mut [f32], sum_dy_xmu: &mut [f32]);
+    fn backward_reduce(
+        desc: &TensorDesc, x: &[f32], dy: &[f32], mean: &[f32], sum_dy: &mut [f32], sum_dy_xmu: &mut [f32]
+    );
     /// [`Par::backward_elementwise`] on the best available tier.
-    fn backward_elementwise(desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, sums: &GradSums<'_>, grads: ParamGrads<'_>);
+    fn backward_elementwise(
+        desc: &TensorDesc, x: &[f32], dy: &[f32], dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        sums: &GradSums<'_>, grads: ParamGrads<'_>
+    );
     /// [`Par::backward_elementwise_in_place`] on the best available tier.
-    fn backward_elementwise_in_place(desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>, sums: &GradSums<'_>, grads: ParamGrads<'_>);
+    fn backward_elementwise_in_place(
+        desc: &TensorDesc, x: &[f32], dy_dx: &mut [f32], affine: &Affine<'_>, saved: &Saved<'_>,
+        sums: &GradSums<'_>, grads: ParamGrads<'_>
+    );
 }
