@@ -133,6 +133,22 @@ impl Mid<'_> {
             self.blocks = 0;
             return;
         }
+        if w.is_multiple_of(p) && base + w / p * b <= limit && matches!(b, 4 | 8) {
+            // Whole periods of blocks narrower than a vector (nChw8c and nChw4c on AVX-512, nChw4c on
+            // AVX2), none of them padding: each block's totals in registers while its repeats are added
+            // (in order: the same bits). The loop below was 13 % of the reduction of nChw8c
+            // 1×1024×14×14 from the cache on Zen 4.
+            for (tq, v) in [&mut *t.dy, &mut *t.dyx, &mut *t.x].into_iter().zip(self.v.iter_mut()) {
+                if b == 4 {
+                    add_repeats::<4>(&mut tq[base..], &v[..w], p);
+                } else {
+                    add_repeats::<8>(&mut tq[base..], &v[..w], p);
+                }
+                v[..w].fill(0.0);
+            }
+            self.blocks = 0;
+            return;
+        }
         let mut i0 = 0;
         let mut jb = base;
         while i0 < w {
@@ -156,6 +172,22 @@ impl Mid<'_> {
             v[..w].fill(0.0);
         }
         self.blocks = 0;
+    }
+}
+
+/// Adds the periods of `p` positions of `v` into consecutive blocks of `B` totals of `t`: period `q`'s
+/// repeats of its block, in order, into `t[q·B..q·B + B]`.
+#[inline(always)]
+fn add_repeats<const B: usize>(t: &mut [Weight], v: &[f32], p: usize) {
+    for (tb, period) in t.chunks_exact_mut(B).zip(v.chunks_exact(p)) {
+        let mut acc = [0.0; B];
+        acc.copy_from_slice(tb);
+        for rep in period.chunks_exact(B) {
+            for (a, &x) in acc.iter_mut().zip(rep) {
+                *a += x as Weight;
+            }
+        }
+        tb.copy_from_slice(&acc);
     }
 }
 
