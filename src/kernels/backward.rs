@@ -313,8 +313,8 @@ pub(crate) fn backward_op<S: Simd>(
 /// [`WIDE_GROUP`] positions, are what each sample's runs of the reduce half are (chunks cap them in the
 /// full backward). Groups of [`GROUP`] positions hold 16 blocks whatever their width on AVX-512 (a
 /// block takes at least a vector), so a sample's run of nChw8c 32×2048×7×7 was 25 KB, of nChw4c 12 KB,
-/// and from memory the reduce half ran at 0.65 and 0.4 of nChw16c's speed (Zen 4). Zeroing the wide
-/// scratch costs a few µs: nothing beside a pass over memory, a tenth of a call from the cache.
+/// and from memory the reduce half ran at 0.65 and 0.4 of nChw16c's speed (Zen 4). The wide scratch is
+/// 170 KB zeroed per call: nothing beside a pass over memory, not worth it from the cache (unmeasured).
 #[cfg(target_pointer_width = "64")]
 fn long_runs(desc: &TensorDesc) -> bool {
     !matches!(kind(desc), Kind::Channels) && desc.len() >= tuning::get().stream_min_bytes / 4
