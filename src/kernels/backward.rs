@@ -1273,18 +1273,46 @@ fn loaded_coefs<
     o: usize,
     p: usize,
 ) {
+    const U: usize = 4;
     let l = S::LANES;
+    let step = U * l;
     let mut oo = o;
-    for k in 0..count {
-        let c = coefs_at(s, co, pb + oo);
-        let at = i + k * l;
-        if MASKED {
-            let mask = mask_at(s, co, pb + oo);
-            elem_vec::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at, c, mask, STREAM);
-        } else {
-            elem_vec_all::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at, c, STREAM);
+    let mut k = 0;
+    while k < count {
+        // The vectors starting before the period's end (a vector past it is in the patterns), four a
+        // step with each step's slices cut once, then the wrap: a vector a step, testing the wrap per
+        // vector, spilled its pointers (channels-last rows from the cache).
+        let n = (p - oo).div_ceil(l).min(count - k);
+        let mut j = 0;
+        while j + U <= n {
+            let at = i + (k + j) * l;
+            let xq = if TRAIN { &x[at..at + step] } else { x };
+            let dq = if IP { dy } else { &dy[at..at + step] };
+            let oq = &mut dx[at..at + step];
+            for u in 0..U {
+                let ob = pb + oo + (j + u) * l;
+                let c = coefs_at(s, co, ob);
+                if MASKED {
+                    elem_vec::<S, IP, TRAIN>(s, (xq, dq, &mut *oq), u * l, c, mask_at(s, co, ob), STREAM);
+                } else {
+                    elem_vec_all::<S, IP, TRAIN>(s, (xq, dq, &mut *oq), u * l, c, STREAM);
+                }
+            }
+            j += U;
         }
-        oo += l;
+        while j < n {
+            let ob = pb + oo + j * l;
+            let c = coefs_at(s, co, ob);
+            let at = i + (k + j) * l;
+            if MASKED {
+                elem_vec::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at, c, mask_at(s, co, ob), STREAM);
+            } else {
+                elem_vec_all::<S, IP, TRAIN>(s, (x, dy, &mut *dx), at, c, STREAM);
+            }
+            j += 1;
+        }
+        k += n;
+        oo += n * l;
         if oo >= p {
             // Periods shorter than a vector (channels-last rows of a few channels) wrap more than once.
             oo = if oo - p < p { oo - p } else { oo % p };
