@@ -512,19 +512,33 @@ fn coefs_of<S: Simd>(
             }
             continue;
         }
-        for i in 0..n {
+        // Whole blocks of plain loops (vectorised; the lanes past the channels hold 0 and give 0), then
+        // the interleaving: one loop of both, scalar, was half of a backward call's fixed cost (NHWC
+        // 1×1024×1 on AVX-512, Zen 4).
+        let (mut k, mut md) = ([0.0f32; B], [0.0f32; B]);
+        let mut q = [0.0 as Weight; B];
+        for i in 0..B {
             let inv = inv[i] as Weight;
-            let q = inv * inv * cov[i] * rm;
-            let k = -(a[i] as Weight) * q;
-            let mut mdy = mdy[i];
-            if p.sums.is_none() {
-                // The batch mean is `m + lo` with `lo = Σ(x − m)/M` (the saved `m` is its f32 rounding),
-                // and `dx = a·(dy − mean(dy)) + k·((x − m) − lo)`: `−k·lo` goes into `mdy` as
-                // `(k/a)·lo`, so `dx` does not carry the mean's rounding (`|k|·U·|mean|`, large at large
-                // offsets; issue 12, item 5).
-                mdy -= q * (t.x[j0 + i] * rm);
+            q[i] = inv * inv * cov[i] * rm;
+            k[i] = (-(a[i] as Weight) * q[i]) as f32;
+        }
+        if p.sums.is_none() {
+            // The batch mean is `m + lo` with `lo = Σ(x − m)/M` (the saved `m` is its f32 rounding), and
+            // `dx = a·(dy − mean(dy)) + k·((x − m) − lo)`: `−k·lo` goes into `mdy` as `(k/a)·lo`, so `dx`
+            // does not carry the mean's rounding (`|k|·U·|mean|`, large at large offsets; issue 12,
+            // item 5).
+            let mut sx = [0.0 as Weight; B];
+            sx[..n].copy_from_slice(&t.x[j0..j0 + n]);
+            for i in 0..B {
+                md[i] = (mdy[i] - q[i] * (sx[i] * rm)) as f32;
             }
-            cfs[i] = [a[i], k as f32, mean[i], mdy as f32];
+        } else {
+            for i in 0..B {
+                md[i] = mdy[i] as f32;
+            }
+        }
+        for (i, cf) in cfs.iter_mut().enumerate() {
+            *cf = [a[i], k[i], mean[i], md[i]];
         }
     }
 }
@@ -1054,7 +1068,7 @@ fn elem_layout<S: Simd, const IP: bool, const TRAIN: bool, const N: usize>(
                 if whole {
                     let first = g0 * b - c0;
                     let live = (c1 - c0 - first).min((g1 - g0) * b);
-                    fill_blocks(co, &coef[first..first + live], (g1 - g0) * b);
+                    fill_blocks(co, 0, &coef[first..first + live], (g1 - g0) * b);
                 } else {
                     for cb in g0..g1 {
                         let first = cb * b - c0;
@@ -1373,6 +1387,21 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
 /// (`coef[i % period]`, or zeros and a clear mask past `coef`: padding).
 #[inline(always)]
 fn fill_pattern<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef], w: usize, period: usize) {
+    if coef.len() == period && period > 0 && w >= period {
+        // No padding: the first period by four plain loops, then its copies doubling (a position at a
+        // time, five scalar stores each, was a quarter of a backward call's fixed cost: NHWC 1×1024×1
+        // on AVX-512, Zen 4).
+        fill_blocks(co, at, coef, period);
+        let mut i = period;
+        while i < w {
+            let n = i.min(w - i);
+            for row in co.c.iter_mut() {
+                row.copy_within(at..at + n, at + i);
+            }
+            i += n;
+        }
+        return;
+    }
     // A counter, not a division per position (which was a tenth of the element pass of blocked
     // 1×1024×14×14 from the cache on Zen 4).
     let mut k = 0;
@@ -1386,19 +1415,20 @@ fn fill_pattern<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef],
     }
 }
 
-/// Positions `0..w` of the patterns: the coefficients `coef` end to end, then padding (zero, masked).
+/// Positions `at..at + w` of the patterns: the coefficients `coef` end to end, then padding (zero,
+/// masked).
 #[inline(always)]
-fn fill_blocks<const N: usize>(co: &mut Coefs<'_, N>, coef: &[Coef], w: usize) {
+fn fill_blocks<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef], w: usize) {
     let n = coef.len().min(w);
-    // Four plain loops of strided loads (vectorised), not one of five scalar stores per position.
+    // Four plain loops of strided loads, not one of five scalar stores per position.
     for (j, row) in co.c[..4].iter_mut().enumerate() {
-        for (d, c) in row[..n].iter_mut().zip(coef) {
+        for (d, c) in row[at..at + n].iter_mut().zip(coef) {
             *d = c[j];
         }
-        row[n..w].fill(0.0);
+        row[at + n..at + w].fill(0.0);
     }
-    co.c[4][..n].fill(LIVE);
-    co.c[4][n..w].fill(0.0);
+    co.c[4][at..at + n].fill(LIVE);
+    co.c[4][at + n..at + w].fill(0.0);
 }
 
 /// The coefficients (and mask) of the `LANES` positions from pattern offset `o`.
