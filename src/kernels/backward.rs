@@ -203,18 +203,6 @@ struct Coefs<'a, const N: usize> {
     c: &'a mut [[f32; N]; 5],
 }
 
-impl<const N: usize> Coefs<'_, N> {
-    /// Position `i`'s coefficients `[a, k, m, mdy]` and mask.
-    #[inline(always)]
-    fn set(&mut self, i: usize, c: Coef, mask: f32) {
-        self.c[0][i] = c[0];
-        self.c[1][i] = c[1];
-        self.c[2][i] = c[2];
-        self.c[3][i] = c[3];
-        self.c[4][i] = mask;
-    }
-}
-
 /// Patterns for groups of narrow rows, and (64-bit targets) of wide channels-last rows.
 const NARROW_PG: usize = GROUP + 16;
 #[cfg(target_pointer_width = "64")]
@@ -314,7 +302,8 @@ pub(crate) fn backward_op<S: Simd>(
 /// full backward). Groups of [`GROUP`] positions hold 16 blocks whatever their width on AVX-512 (a
 /// block takes at least a vector), so a sample's run of nChw8c 32×2048×7×7 was 25 KB, of nChw4c 12 KB,
 /// and from memory the reduce half ran at 0.65 and 0.4 of nChw16c's speed (Zen 4). The wide scratch is
-/// 170 KB zeroed per call: nothing beside a pass over memory, not worth it from the cache (unmeasured).
+/// 170 KB zeroed per call, about 2 µs (a fifth of the fixed cost of NHWC 1×1024×1 on Zen 4): nothing
+/// beside a pass over memory, and not taken from the cache.
 #[cfg(target_pointer_width = "64")]
 fn long_runs(desc: &TensorDesc) -> bool {
     !matches!(kind(desc), Kind::Channels) && desc.len() >= tuning::get().stream_min_bytes / 4
@@ -1066,9 +1055,9 @@ fn elem_layout<S: Simd, const IP: bool, const TRAIN: bool, const N: usize>(
             while g0 < cb1 {
                 let g1 = (g0 + per).min(cb1);
                 if whole {
-                    let first = g0 * b - c0;
-                    let live = (c1 - c0 - first).min((g1 - g0) * b);
-                    fill_blocks(co, 0, &coef[first..first + live], (g1 - g0) * b);
+                    let (first, gw) = (g0 * b - c0, (g1 - g0) * b);
+                    let live = (c1 - c0 - first).min(gw);
+                    fill_pattern(co, 0, &coef[first..first + live], gw, gw);
                 } else {
                     for cb in g0..g1 {
                         let first = cb * b - c0;
@@ -1387,31 +1376,20 @@ fn load_dy_part<S: Simd, const IP: bool>(s: S, dy: &[f32], dx: &[f32], i: usize,
 /// (`coef[i % period]`, or zeros and a clear mask past `coef`: padding).
 #[inline(always)]
 fn fill_pattern<const N: usize>(co: &mut Coefs<'_, N>, at: usize, coef: &[Coef], w: usize, period: usize) {
-    if coef.len() == period && period > 0 && w >= period {
-        // No padding: the first period by four plain loops, then its copies doubling (a position at a
-        // time, five scalar stores each, was a quarter of a backward call's fixed cost: NHWC 1×1024×1
-        // on AVX-512, Zen 4).
-        fill_blocks(co, at, coef, period);
-        let mut i = period;
-        while i < w {
-            let n = i.min(w - i);
-            for row in co.c.iter_mut() {
-                row.copy_within(at..at + n, at + i);
-            }
-            i += n;
+    // The first period by four plain loops (padding included), then its copies, doubling: a position
+    // at a time, five scalar stores each, was a quarter of a backward call's fixed cost (NHWC 1×1024×1
+    // on AVX-512, Zen 4). Every copy starts a multiple of the period in, so position `i` holds channel
+    // `i % period`.
+    let period = period.max(1);
+    let first = period.min(w);
+    fill_blocks(co, at, coef, first);
+    let mut i = first;
+    while i < w {
+        let n = i.min(w - i);
+        for row in co.c.iter_mut() {
+            row.copy_within(at..at + n, at + i);
         }
-        return;
-    }
-    // A counter, not a division per position (which was a tenth of the element pass of blocked
-    // 1×1024×14×14 from the cache on Zen 4).
-    let mut k = 0;
-    for i in 0..w {
-        let (c, mask) = coef.get(k).map_or(([0.0; 4], 0.0), |&c| (c, LIVE));
-        co.set(at + i, c, mask);
-        k += 1;
-        if k >= period {
-            k = 0;
-        }
+        i += n;
     }
 }
 
