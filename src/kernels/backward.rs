@@ -108,7 +108,7 @@ impl Totals<'_> {
 }
 
 /// f32 sums of up to [`CHAIN`] blocks per position of a strip (see [`reduce_strip`]); a group long.
-struct Mid<'a> {
+pub(crate) struct Mid<'a> {
     v: [&'a mut [f32]; 3],
     blocks: usize,
     /// The current block's sums, for rows walked in address order ([`reduce_rows`]).
@@ -199,7 +199,7 @@ type Map = (usize, usize, usize, usize);
 /// coefficients are constant offsets from it, where five slices (ten registers) spilled in the
 /// channels-last loop and it ran 20 % slower from the cache. The element pass is compiled for the two
 /// sizes (narrow and wide rows); the reduction, once.
-struct Coefs<'a, const N: usize> {
+pub(crate) struct Coefs<'a, const N: usize> {
     c: &'a mut [[f32; N]; 5],
 }
 
@@ -265,10 +265,42 @@ pub(crate) type Coef = [f32; 4];
 /// The mask of a live lane (all ones).
 const LIVE: f32 = f32::from_bits(u32::MAX);
 
+/// A tier's two halves of the backward pass over a chunk of channels, each compiled once per tier (the
+/// element half once per buffer kind, statistics kind and pattern size) as an out-of-line function with
+/// the tier's target features (`crate::arch`'s `tier_entries!`), called once per chunk. Inlined into one
+/// entry point per tier, the backward pass was a single function of every layout's loops in eight
+/// copies, and LLVM's loop passes, which grow faster than the function they work on, spent half of the
+/// library's build on those four functions (Zen 4, release: 270 of 530 CPU seconds).
+pub(crate) trait BackPieces: Simd {
+    /// The sums of channels `c.0..c.1` (see [`reduce_range`]; `(x, dy, mean)`).
+    #[allow(clippy::too_many_arguments)]
+    fn reduce(
+        self,
+        desc: &TensorDesc,
+        data: (&[f32], &[f32], &[f32]),
+        c: (usize, usize),
+        chunk: (usize, usize),
+        t: &mut Totals<'_>,
+        mid: &mut Mid<'_>,
+        pat: &mut [f32],
+    );
+
+    /// The element pass over channels `c.0..c.1` (see [`elem_layout`]).
+    fn elem<const IP: bool, const TRAIN: bool, const N: usize>(
+        self,
+        desc: &TensorDesc,
+        d: Bufs<'_>,
+        c: (usize, usize),
+        coef: &[Coef],
+        co: Coefs<'_, N>,
+        stream: bool,
+    );
+}
+
 /// The backward pass with tier `s`: both halves, the element half from given sums (`p.sums`), or the
 /// reduce half (`GradData::Reduce`, which reads only `p.mean`).
 #[inline(always)]
-pub(crate) fn backward_op<S: Simd>(
+pub(crate) fn backward_op<S: BackPieces>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -310,7 +342,7 @@ fn long_runs(desc: &TensorDesc) -> bool {
 }
 
 #[inline(always)]
-fn backward<S: Simd>(
+fn backward<S: BackPieces>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -360,7 +392,7 @@ fn backward<S: Simd>(
                 GradData::Totals(dy, ..) => dy,
                 GradData::InPlace(dydx) => dydx,
             };
-            reduce_range(s, desc, x, dy, p.mean, (c0, c1), chunk, &mut t, &mut mid, co.m_mut());
+            s.reduce(desc, (x, dy, p.mean), (c0, c1), chunk, &mut t, &mut mid, co.m_mut());
         }
         match &mut data {
             GradData::Reduce(_, o) => {
@@ -388,21 +420,21 @@ fn backward<S: Simd>(
         let train = p.batch_stats;
         match (&mut data, &mut co) {
             (GradData::Split(dy, dx), Pats::Narrow(co)) => {
-                let d = &mut Bufs { x, dy, dx };
+                let d = Bufs { x, dy, dx };
                 elem_range::<S, false, NARROW_PG>(s, desc, d, train, c0, c1, coef, co, stream)
             }
             (GradData::InPlace(dydx), Pats::Narrow(co)) => {
-                let d = &mut Bufs { x, dy: &[], dx: dydx };
+                let d = Bufs { x, dy: &[], dx: dydx };
                 elem_range::<S, true, NARROW_PG>(s, desc, d, train, c0, c1, coef, co, false)
             }
             #[cfg(target_pointer_width = "64")]
             (GradData::Split(dy, dx), Pats::Wide(co)) => {
-                let d = &mut Bufs { x, dy, dx };
+                let d = Bufs { x, dy, dx };
                 elem_range::<S, false, WIDE_PG>(s, desc, d, train, c0, c1, coef, co, stream)
             }
             #[cfg(target_pointer_width = "64")]
             (GradData::InPlace(dydx), Pats::Wide(co)) => {
-                let d = &mut Bufs { x, dy: &[], dx: dydx };
+                let d = Bufs { x, dy: &[], dx: dydx };
                 elem_range::<S, true, WIDE_PG>(s, desc, d, train, c0, c1, coef, co, false)
             }
             (GradData::Reduce(..), _) => {}
@@ -553,7 +585,7 @@ pub(crate) fn coefs_from_totals(
 /// pass's bits (see [`reduce_strip`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reduce_range<S: Simd>(
+pub(crate) fn reduce_range<S: Simd>(
     s: S,
     desc: &TensorDesc,
     x: &[f32],
@@ -979,10 +1011,10 @@ fn add_row<S: Simd, const T: usize, const U: usize>(
 /// (`IP`: `dy` read from `dx`) or not; `co` is scratch for the position patterns.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn elem_range<S: Simd, const IP: bool, const N: usize>(
+fn elem_range<S: BackPieces, const IP: bool, const N: usize>(
     s: S,
     desc: &TensorDesc,
-    d: &mut Bufs<'_>,
+    d: Bufs<'_>,
     train: bool,
     c0: usize,
     c1: usize,
@@ -990,17 +1022,20 @@ fn elem_range<S: Simd, const IP: bool, const N: usize>(
     co: &mut Coefs<'_, N>,
     stream: bool,
 ) {
+    // The buffers and patterns go by value: the outlined pass keeps them as its own locals, as when it
+    // was inlined here (behind references, the blocked element pass ran 2–4 % slower, Zen 4).
+    let co = Coefs { c: &mut *co.c };
     if train {
-        elem_layout::<S, IP, true, N>(s, desc, d, c0, c1, coef, co, stream)
+        s.elem::<IP, true, N>(desc, d, (c0, c1), coef, co, stream)
     } else {
-        elem_layout::<S, IP, false, N>(s, desc, d, c0, c1, coef, co, stream)
+        s.elem::<IP, false, N>(desc, d, (c0, c1), coef, co, stream)
     }
 }
 
 /// [`elem_range`] for training (`TRAIN`) or global statistics.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn elem_layout<S: Simd, const IP: bool, const TRAIN: bool, const N: usize>(
+pub(crate) fn elem_layout<S: Simd, const IP: bool, const TRAIN: bool, const N: usize>(
     s: S,
     desc: &TensorDesc,
     d: &mut Bufs<'_>,
@@ -1353,7 +1388,7 @@ fn segs_vector<S: Simd, const TRAIN: bool, const N: usize>(
 }
 
 /// The element pass's buffers: `dy` is empty in place (read from `dx`).
-struct Bufs<'a> {
+pub(crate) struct Bufs<'a> {
     x: &'a [f32],
     dy: &'a [f32],
     dx: &'a mut [f32],

@@ -151,6 +151,9 @@ impl Epilogue for AddRelu<'_> {
 /// Kernels are generic over it, so in-place and out-of-place calls run the same instructions and give
 /// the same bits.
 pub(crate) trait Io {
+    /// Whether output and input are one buffer (never streamed: non-temporal stores are for outputs
+    /// that are not read again soon).
+    const IN_PLACE: bool;
     /// The input values.
     fn input(&self) -> &[f32];
     /// The output values (the input's buffer, in place).
@@ -279,6 +282,7 @@ fn strided_span(at: usize, step: usize, count: usize) -> core::ops::Range<usize>
 }
 
 impl Io for Split<'_> {
+    const IN_PLACE: bool = false;
     #[inline(always)]
     fn affine_strided(&mut self, at: usize, step: usize, count: usize, p: [f32; 3]) {
         if step == 1 {
@@ -346,6 +350,7 @@ impl Io for Split<'_> {
 }
 
 impl Io for InPlace<'_> {
+    const IN_PLACE: bool = true;
     #[inline(always)]
     fn affine_strided(&mut self, at: usize, step: usize, count: usize, p: [f32; 3]) {
         if step == 1 {
