@@ -195,12 +195,12 @@ const _: () = assert!(core::mem::size_of::<crate::partial::Partial>() == 24);
 /// One entry point per operation for a tier: each is `#[inline(never)]` (with the tier's target
 /// features), and the kernels below it are `#[inline(always)]`. Below the entry points, the passes over
 /// a chunk of channels are out-of-line functions of their own, again with the tier's features, reached
-/// through the `Outlined` and `BackPieces` traits: the statistics, the normalise pass (shared by the
-/// training and inference entry points) and the backward pass's two halves. Separate functions keep each
-/// one small enough to compile quickly and in parallel (LLVM's loop passes grow faster than the function
+/// through the `Outlined` and `BackPieces` traits: the statistics, the normalise pass (per buffer kind,
+/// epilogue and statistics kind) and the backward pass's two halves. Separate functions keep each one
+/// small enough to compile quickly and in parallel (LLVM's loop passes grow faster than the function
 /// they work on: with the passes inlined into the entry points, a release build of the library took 5
-/// minutes on 2 Zen 4 cores, 530 CPU seconds, half of them on the four backward entry points; 1 minute
-/// with them out of line), and a program links only the operations it calls.
+/// minutes on 2 Zen 4 cores, and LLVM's time trace put 268 of its 522 s in the four backward entry
+/// points; 1 minute 40 s with the passes out of line), and a program links only the operations it calls.
 macro_rules! tier_entries {
     ($module:ident, $token:ty $(, $features:literal)?) => {
         mod $module {
@@ -296,8 +296,9 @@ macro_rules! tier_entries {
                 pf: &mut Prefetch,
                 e: E,
             ) {
-                // A constant for the in-place passes, as when the pass was inlined into their entry
-                // points (Zen 4, nChw16c 1×1024×14×14 in-place training: 2 µs a call, 4 %).
+                // The in-place callers always pass `false`; as a constant it keeps the streaming code
+                // out of the in-place pass, as when the pass was inlined into their entry points (its
+                // effect on speed was within the noise, Zen 4).
                 let stream = stream && !I::IN_PLACE;
                 if TRAIN {
                     ops::normalize_range::<$token, I, PB, CH, E>(t, desc, io, c.0, c.1, p, stream, pf, true, e)

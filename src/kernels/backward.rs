@@ -270,7 +270,8 @@ const LIVE: f32 = f32::from_bits(u32::MAX);
 /// the tier's target features (`crate::arch`'s `tier_entries!`), called once per chunk. Inlined into one
 /// entry point per tier, the backward pass was a single function of every layout's loops in eight
 /// copies, and LLVM's loop passes, which grow faster than the function they work on, spent half of the
-/// library's build on those four functions (Zen 4, release: 270 of 530 CPU seconds).
+/// library's build on those four functions (Zen 4, release build: 268 of the 522 s of LLVM's time
+/// trace).
 pub(crate) trait BackPieces: Simd {
     /// The sums of channels `c.0..c.1` (see [`reduce_range`]; `(x, dy, mean)`).
     #[allow(clippy::too_many_arguments)]
