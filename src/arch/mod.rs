@@ -296,17 +296,7 @@ macro_rules! tier_entries {
                 pf: &mut Prefetch,
                 e: E,
             ) {
-                // The in-place callers always pass `false`; as a constant it keeps the streaming code
-                // out of the in-place pass, as when the pass was inlined into their entry points (its
-                // effect on speed was within the noise, Zen 4).
-                let stream = stream && !I::IN_PLACE;
-                if TRAIN {
-                    ops::normalize_range::<$token, I, PB, CH, E>(t, desc, io, c.0, c.1, p, stream, pf, true, e)
-                } else {
-                    // Inference: no prefetching and planes in order, as constants (see `Outlined`).
-                    let _ = pf;
-                    ops::normalize_range::<$token, I, PB, CH, E>(t, desc, io, c.0, c.1, p, stream, &mut Prefetch::none(), false, e)
-                }
+                ops::normalize_range::<$token, I, PB, CH, E, TRAIN>(t, desc, io, c.0, c.1, p, stream, pf, e)
             }
 
             impl backward::BackPieces for $token {

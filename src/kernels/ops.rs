@@ -603,9 +603,8 @@ fn block_rows(desc: &TensorDesc, b: usize, cb: usize) -> Rows {
 ///   statistics code was compiled six times per tier: a third of the library's code and of its build
 ///   time.
 /// - The normalise pass ([`normalize_range`]), once per buffer kind, group size, epilogue and statistics
-///   kind (training or not). Training's and inference's entry points sharing one copy, the prefetch
-///   bookkeeping and plane order were no longer constants in inference's loops: NCHW 1×1024×14×14
-///   in-place inference from the cache went from 11.8 to 14.7 µs (Zen 4, AVX-512).
+///   kind (training or not: shared, inference's loops carried training's prefetching as run-time
+///   values; see there).
 pub(crate) trait Outlined: Simd {
     /// Mean, `lo` and population variance of channels `c0..c1` (see [`moments_range`]).
     #[allow(clippy::too_many_arguments)]
@@ -770,12 +769,20 @@ fn normalize<S: Outlined, I: Io, const G: usize, const PB: usize, const CH: bool
 }
 
 /// Normalises channels `c0..c1` (at most GROUP; whole blocks for blocked layouts but for the last) with
-/// the parameters `p` of those channels. With `recent_last`, planes and block planes go from the last
+/// the parameters `p` of those channels. For training (`TRAIN`), planes and block planes go from the last
 /// batch index to the first: right after the chunk's statistics, the planes read last are the ones
-/// still in L2, so a chunk larger than L2 is re-read partly from it.
+/// still in L2, so a chunk larger than L2 is re-read partly from it; and `pf`'s lines (the next chunk's)
+/// are prefetched. Otherwise `pf` is unused.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool, E: Epilogue>(
+pub(crate) fn normalize_range<
+    S: Simd,
+    I: Io,
+    const PB: usize,
+    const CH: bool,
+    E: Epilogue,
+    const TRAIN: bool,
+>(
     s: S,
     desc: &TensorDesc,
     io: &mut I,
@@ -784,10 +791,16 @@ pub(crate) fn normalize_range<S: Simd, I: Io, const PB: usize, const CH: bool, E
     p: &Params<'_>,
     stream: bool,
     pf: &mut Prefetch,
-    recent_last: bool,
     e: E,
 ) {
-    let order = |i: usize, count: usize| if recent_last { count - 1 - i } else { i };
+    // Constants where they are known, as when the pass was inlined into each entry point: inference
+    // neither prefetches nor reverses the planes (as run-time values in its loops, NCHW 1×1024×14×14
+    // in-place inference from the cache went from 11.8 to 14.7 µs, Zen 4, AVX-512), and the in-place
+    // callers never stream.
+    let mut no_pf = Prefetch::none();
+    let pf = if TRAIN { pf } else { &mut no_pf };
+    let stream = stream && !I::IN_PLACE;
+    let order = |i: usize, count: usize| if TRAIN { count - 1 - i } else { i };
     let sh = desc.shape();
     if CH {
         // Channels-last only, as in `moments_range`.
