@@ -640,14 +640,14 @@ impl Par<'_> {
             match plan {
                 BackPlan::Serial | BackPlan::Elements => [vec![0.0; c], vec![0.0; c], vec![0.0; c]],
                 BackPlan::Channels(unit) => {
-                    let t = crate::tuning::get();
-                    // As training: a tensor from memory whose unit of channels (of x and dy) fits in half
-                    // the L2 has each range's element pass run by the task that summed it, from its
-                    // core's cache. (Out of place only: in place, the sums read the `dy` being written.)
-                    let unit_bytes = desc.shape().count().saturating_mul(8 * unit);
-                    let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
-                    if let (Some(dy), true) = (dy, from_memory && unit_bytes <= t.l2_bytes / 2) {
-                        let mut tot = self.channel_backward(desc, x, dy, dx, unit, &p);
+                    // A tensor from memory whose unit of channels (of x and dy) fits in the L3's share
+                    // of a thread has each range's element pass run by the task that summed it, re-reading
+                    // the range from its core's cache: x and dy are read from memory once, not twice.
+                    // (Out of place only: in place, the sums read the `dy` being written.)
+                    if let (Some(dy), Some(range_bytes)) =
+                        (dy, fused_range_bytes(desc, unit_input_bytes(desc, unit)))
+                    {
+                        let mut tot = self.channel_backward(desc, x, dy, dx, unit, range_bytes, &p);
                         if out.dgamma.is_some() || out.dbeta.is_some() {
                             let [a, b, d] = &mut tot;
                             let t = Totals { dy: a, dyx: b, x: d };
@@ -753,9 +753,9 @@ impl Par<'_> {
 
     /// The backward pass out of place as the serial pass does it, range of channels by range of channels
     /// on the pool: a task sums its channels (reading them in every sample), then runs their element pass
-    /// in every sample while `x` and `dy` are still in its core's cache. The ranges hold about twice
-    /// `train_chunk_bytes` of each of `x` and `dy` (the serial pass's chunks), whole `unit`s of
-    /// channels. Returns every channel's sums.
+    /// in every sample while `x` and `dy` are still in its core's cache. The ranges hold at most
+    /// `range_bytes` of `x` and `dy` together ([`fused_range_bytes`]), whole `unit`s of channels, at
+    /// least one. Returns every channel's sums.
     #[allow(clippy::too_many_arguments)]
     fn channel_backward(
         &self,
@@ -764,12 +764,11 @@ impl Par<'_> {
         dy: &[f32],
         dx: &mut [f32],
         unit: usize,
+        range_bytes: usize,
         p: &BackParams<'_>,
     ) -> [Vec<Weight>; 3] {
         let sh = desc.shape();
-        let per_channel = sh.count().saturating_mul(4).max(1);
-        let fit = (2 * crate::tuning::get().train_chunk_bytes / per_channel).max(1);
-        let per = ranges_of(sh.c, fit, unit);
+        let per = ranges_of(sh.c, (range_bytes / unit_input_bytes(desc, unit).max(1)).max(1) * unit, unit);
         let pieces = range_pieces(desc, dx, per);
         let mut tot = [vec![0.0; sh.c], vec![0.0; sh.c], vec![0.0; sh.c]];
         let [a, b, d] = &mut tot;
@@ -1013,6 +1012,44 @@ impl Par<'_> {
 /// thread for balance, whole `unit`s. (The ranges do not change any channel's bits.)
 fn channel_per(desc: &TensorDesc, unit: usize) -> usize {
     desc.shape().c.div_ceil(2 * rayon::current_num_threads()).div_ceil(unit).max(1) * unit
+}
+
+/// The bytes of `x` and `dy` together in `unit` channels of every sample of a tensor of `desc`.
+fn unit_input_bytes(desc: &TensorDesc, unit: usize) -> usize {
+    desc.shape().count().saturating_mul(8).saturating_mul(unit)
+}
+
+/// The bytes of input a task that reads a range of channels in every sample and then re-reads it may take,
+/// for a tensor of `desc` whose unit of channels is `unit_bytes` of input: `None` where the two passes over
+/// the whole tensor serve better.
+///
+/// - A tensor of at most twice the non-temporal threshold (16 MB, half the L3 here): none, its tasks'
+///   calls per sample cost more than the second pass's reads from the L3.
+/// - A unit of at most twice `train_chunk_bytes` (half the L2): ranges of at most twice that per input
+///   (the serial pass's chunks), at least a unit, re-read from the core's L2.
+/// - Else a unit that fits in the L3's share of a thread (its size over the pool's threads): ranges of
+///   a quarter of that share, at least a unit, re-read from the L3. Zen 4 (32 MB L3), two threads,
+///   backward, best of 12 alternating runs (GB/s): 32×256×56×56, a unit of x and dy 3.2–12.8 MB,
+///   nChw4c 25 → 31, nChw8c 27 → 36, nChw16c 28 → 35, NCHW 25 → 35 (oneDNN: 30.5); 32×64×112×112
+///   NCHW 23.5 → 30, nChw4c 23 → 35; 32×512×28×28 nChw8c 23 → 24.5 with ranges of half the share,
+///   medians of 15 runs 22.5 → 26 with a quarter (an eighth: 26) (oneDNN: 29–30).
+/// - Else (or where the L3's size is unknown) none: each range would come from memory twice, as the two
+///   passes read it, but in more and shorter runs.
+fn fused_range_bytes(desc: &TensorDesc, unit_bytes: usize) -> Option<usize> {
+    let t = crate::tuning::get();
+    // (`BNORM_STREAM_MIN_BYTES=0` takes these ranges in CI, and with `BNORM_TRAIN_CHUNK_BYTES=4096` the
+    // L3's.)
+    if desc.len().saturating_mul(2) <= t.stream_min_bytes {
+        return None;
+    }
+    let share = t.l3_bytes / rayon::current_num_threads();
+    if unit_bytes <= 2 * t.train_chunk_bytes {
+        Some(4 * t.train_chunk_bytes)
+    } else if unit_bytes <= share {
+        Some(share / 4)
+    } else {
+        None
+    }
 }
 
 /// Channels per range of the tasks that sum and then normalise their own channels: `fit` (the serial
