@@ -30,7 +30,8 @@
 //!   cost more than they save.
 //! - **The backward pass**: its gradient sums are cut as the statistics are (by channels for NCHW and
 //!   blocked tensors; for channels-last memory up to 1 MB by ranges of columns, or the serial call for
-//!   rows too narrow to cut, beyond it the fixed cut's parts' sums added in part order), every channel's
+//!   rows too narrow to cut, and so up to half the L3 for rows of 256 channels or more; beyond, the fixed
+//!   cut's parts' sums added in part order), every channel's
 //!   coefficients are computed once from them as the serial pass computes them, and the element pass
 //!   runs on the parts: the serial call's bits wherever the sums are, within its bounds where the
 //!   parts' sums are added. The element half and ReLU's backward are always the serial call's bits.
@@ -128,7 +129,8 @@ enum BackPlan {
     Elements,
     /// By ranges of whole units of channels, each channel's sums as the serial pass computes them.
     Channels(usize),
-    /// A small channels-last tensor: its sums by ranges of this many columns (channels) of every row,
+    /// A channels-last tensor up to 1 MB, or in the L3 with wide rows: its sums by ranges of this many
+    /// columns (channels) of every row,
     /// each channel's sums as the serial pass computes them, then the element pass by ranges of rows,
     /// one per thread.
     Columns(usize),
@@ -136,8 +138,9 @@ enum BackPlan {
     Parts,
 }
 
-/// The backward counterpart of [`stats_plan`]: channels-last sums by ranges of columns up to 1 MB, from
-/// the parts of the fixed cut beyond.
+/// The backward counterpart of [`stats_plan`]: channels-last sums by ranges of columns up to 1 MB, and
+/// up to half the L3 where the rows hold at least [`WIDE_ROWS`] channels; from the parts of the fixed cut
+/// beyond.
 fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
     let sh = desc.shape();
     let one_thread = rayon::current_num_threads() == 1;
@@ -164,12 +167,23 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
             Some(per) if !one_thread => BackPlan::Columns(per),
             _ => BackPlan::Serial,
         }
+    } else if sh.c >= WIDE_ROWS && desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes {
+        // Rows of at least 256 channels in the L3 (up to twice the non-temporal threshold, half the L3,
+        // as the statistics): the serial call's bits, by ranges of columns on two threads and more (the
+        // serial sums where the row does not cut into them). Two threads, Zen 4, medians of 10 runs:
+        // NHWC 32×2048×7×7 16 → 21 GB/s, 4×256×28×28 53 → 62 against the parts' sums. (Narrower rows
+        // have no columns to cut on two threads, and the serial sums lose: 4×64×56×56 83 → 51.)
+        if one_thread { BackPlan::Serial } else { BackPlan::Columns(column_per(sh.c).unwrap_or(sh.c)) }
     } else {
-        // Beyond, the parts' sums on the pool, in the L3 too (unlike the statistics: the sums read two
-        // tensors): NHWC 32×2048×7×7 23–28 GB/s against 13–19 with the serial sums, 12 serial.
+        // Beyond, the parts' sums on the pool, in the L3 too for narrower rows (unlike the statistics: the
+        // sums read two tensors).
         BackPlan::Parts
     }
 }
+
+/// The narrowest channels-last rows whose gradient sums are cut by columns past 1 MB ([`back_plan`]): the
+/// same on every pool, so that the plan's bits do not depend on the number of threads.
+const WIDE_ROWS: usize = 256;
 
 /// Channels per range of a channels-last tensor cut by columns (the statistics of
 /// [`StatsPlan::Columns`], the sums of [`BackPlan::Columns`]): one range per thread, a multiple of

@@ -205,7 +205,8 @@ fn the_cut_is_fixed_by_the_tensor() {
 }
 
 /// Whether the documented plan computes this tensor's gradient sums bit for bit as the serial call does:
-/// by channels, or the serial call up to 1 MB (channels-last tensors beyond take the parts' sums).
+/// by channels, up to 1 MB, or rows of 256 channels or more while the L3 holds them (channels-last tensors
+/// beyond take the parts' sums).
 fn sums_bit_identical(d: &TensorDesc) -> bool {
     let sh = d.shape();
     let by_channels = sh.spatial > 1
@@ -214,19 +215,22 @@ fn sums_bit_identical(d: &TensorDesc) -> bool {
             Layout::Blocked { block } => sh.c > block,
             Layout::Nhwc => false,
         };
-    by_channels || d.len() <= 1 << 18
+    let wide_in_l3 = sh.c >= 256 && d.len() * 2 <= bnorm::__bench::tuning().stream_min_bytes;
+    by_channels || d.len() <= 1 << 18 || wide_in_l3
 }
 
 /// The backward case: a forward case, `dy`, the statistics' mode, whether `dγ`/`dβ` are asked for, and
 /// the epilogue (0 none, 1 ReLU, 2 add+ReLU).
 /// Half the cases channels-last memory: past 1 MB (NHWC, or any layout with spatial size 1), whose sums
-/// come from the parts of the cut, or up to 1 MB with rows of 96 channels or more, whose sums are by
-/// ranges of columns (the serial call's bits).
+/// come from the parts of the cut, or up to 1 MB with rows of 96 channels or more, or past it with rows of
+/// 256 or more, whose sums are by ranges of columns (the serial call's bits) while the L3 holds them.
 fn back_case() -> impl Strategy<Value = (Case, StatsMode, bool, usize)> {
     let wide = prop_oneof![
         ((1..=2usize, 24..=40usize, 7000..=9000usize), Just(Layout::Nhwc)),
         ((7000..=9000usize, 30..=80usize, 1..=1usize), prop::sample::select(LAYOUTS.to_vec())),
         ((1..=2usize, 96..=520usize, 170..=240usize), Just(Layout::Nhwc)),
+        // Past 1 MB with rows of 256 channels or more: by ranges of columns while the L3 holds them.
+        ((1..=1usize, 256..=300usize, 1030..=1200usize), Just(Layout::Nhwc)),
         ((170..=480usize, 96..=520usize, 1..=1usize), prop::sample::select(LAYOUTS.to_vec())),
     ];
     let wide = (wide, any::<u64>(), prop::sample::select(vec![1.0, 1e4]))
