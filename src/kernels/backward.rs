@@ -388,8 +388,10 @@ fn backward<S: BackPieces>(
     // be 64 KB or shorter, and the whole reduce half then the element pass re-reading from the L3 ran
     // faster (Zen 4, AVX-512, 32×2048×7×7, medians of 30 calls: nChw16c 2.11–2.39 → 1.73–2.23 ms,
     // nChw8c 2.75–3.04 → 2.0–2.07, NCHW 2.54–2.77 → 1.76–1.86; 16×1024×7×7 2 % faster, 8×1024×7×7 and
-    // 4×2048×7×7 level, 1×1024×14×14 1–2 % slower, and so left in chunks).
-    let whole = desc.shape().n > 8 && desc.len().saturating_mul(8) <= tn.l3_bytes;
+    // 4×2048×7×7 level, 1×1024×14×14 1–2 % slower, and so left in chunks). Seven eighths of the L3 at
+    // most (25.7 MB of 32 here): a Xeon whose L3 reports 105 MB would otherwise take 32×512×28×28's 102 MB
+    // whole, with no room left for the L3's other tenants (not measured there).
+    let whole = desc.shape().n > 8 && desc.len().saturating_mul(8) <= tn.l3_bytes / 8 * 7;
     let step = if need_reduce && !reduce_only && !whole {
         train_chunk_of(desc, 2 * tn.train_chunk_bytes, g)
     } else {
