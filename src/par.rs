@@ -106,9 +106,7 @@ fn stats_plan(k: &Kernels, desc: &TensorDesc) -> StatsPlan {
     if sh.c > unit {
         // By channels is the serial call's bits: on one thread, the serial call.
         if one_thread { StatsPlan::Serial } else { StatsPlan::Channels(unit) }
-    } else if desc.len() <= 4 * PART_MIN
-        || desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
-    {
+    } else if desc.len() <= 4 * PART_MIN || in_l3(desc) {
         // Up to 1 MB, or while the L3 holds the tensor (twice the non-temporal threshold, half the L3:
         // `crate::tuning`), the statistics by ranges of columns (the serial call's bits) then the element
         // pass on the pool: the partials of a cut cost more than they save there (NHWC on two threads,
@@ -167,7 +165,7 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
             Some(per) if !one_thread => BackPlan::Columns(per),
             _ => BackPlan::Serial,
         }
-    } else if sh.c >= WIDE_ROWS && desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes {
+    } else if sh.c >= WIDE_ROWS && in_l3(desc) {
         // Rows of at least 256 channels in the L3 (up to twice the non-temporal threshold, half the L3,
         // as the statistics): the serial call's bits, by ranges of columns on two threads and more (the
         // serial sums where the row does not cut into them). Two threads, Zen 4, medians of 10 runs:
@@ -179,6 +177,13 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
         // sums read two tensors).
         BackPlan::Parts
     }
+}
+
+/// Whether the plans treat a tensor as one the L3 holds: at most twice the non-temporal threshold (half
+/// the L3, 16 MB on a 32 MB L3: `crate::tuning`). `BNORM_STREAM_MIN_BYTES=0` makes every tensor come
+/// from memory.
+fn in_l3(desc: &TensorDesc) -> bool {
+    desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
 }
 
 /// The narrowest channels-last rows whose gradient sums are cut by columns past 1 MB ([`back_plan`]): the
@@ -840,10 +845,7 @@ impl Par<'_> {
                 // and the fused tasks' one call per sample cost more there.
                 let t = crate::tuning::get();
                 let unit_bytes = desc.shape().count().saturating_mul(4 * unit);
-                // (From memory: past twice the non-temporal threshold, half the L3 here; the same test
-                // as the channels-last statistics below, and `BNORM_STREAM_MIN_BYTES=0` takes it in CI.)
-                let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
-                let fits = from_memory && unit_bytes <= t.l2_bytes / 2;
+                let fits = !in_l3(desc) && unit_bytes <= t.l2_bytes / 2;
                 match x {
                     Some(x) if fits => {
                         self.channel_training(desc, x, y, unit, affine, (mean, &mut lo, var), epi)
@@ -1055,7 +1057,7 @@ fn fused_range_bytes(desc: &TensorDesc, unit_bytes: usize) -> Option<usize> {
     let t = crate::tuning::get();
     // (`BNORM_STREAM_MIN_BYTES=0` takes these ranges in CI, and with `BNORM_TRAIN_CHUNK_BYTES=4096` the
     // L3's.)
-    if desc.len().saturating_mul(2) <= t.stream_min_bytes {
+    if in_l3(desc) {
         return None;
     }
     let share = t.l3_bytes / rayon::current_num_threads();

@@ -212,7 +212,8 @@ pub(crate) struct Coefs<'a, const N: usize> {
 /// stores together; 192 floats more put them 832 bytes apart (`NARROW_PG`'s arrays already lie
 /// 1088 bytes apart). AVX-512, Zen 4, NHWC 1×1024×14×14 from the cache, medians of 5000 calls over 3
 /// alternating runs: the element pass 50.8–52.3 → 41.5–41.9 µs, the whole backward 78–92 → 68–69 µs
-/// (oneDNN 68–73); nChw16c, nChw8c, NHWC 1×64×56×56 and 4×23×13×13 level.
+/// (oneDNN 68–73 in an earlier session's run, `OMP_NUM_THREADS=1 onednn3_bn_ext nhwc bwd 1 1024 14 14
+/// 3000`); nChw16c, nChw8c, NHWC 1×64×56×56 and 4×23×13×13 level.
 const NARROW_PG: usize = GROUP + 16;
 #[cfg(target_pointer_width = "64")]
 const WIDE_PG: usize = WIDE_GROUP + 16 + 192;
@@ -386,8 +387,9 @@ fn backward<S: BackPieces>(
     // The reduce half alone has no element pass to keep in cache: groups of G channels. Nor does a batch
     // of more than eight samples whose x and dy the L3 holds together: its chunks' runs per sample would
     // be 64 KB or shorter, and the whole reduce half then the element pass re-reading from the L3 ran
-    // faster (Zen 4, AVX-512, 32×2048×7×7, medians of 30 calls: nChw16c 2.11–2.39 → 1.73–2.23 ms,
-    // nChw8c 2.75–3.04 → 2.0–2.07, NCHW 2.54–2.77 → 1.76–1.86; 16×1024×7×7 2 % faster, 8×1024×7×7 and
+    // faster (Zen 4, AVX-512, 32×2048×7×7, one thread, medians of 30 calls over 3 alternating runs:
+    // nChw16c 1.74–2.06 → 1.45–1.60 ms, nChw8c 2.06–2.41 → 1.71–1.80, NCHW 2.0–2.45 → 1.5–1.72,
+    // nChw4c 2.37–3.11 → 2.15–2.71; oneDNN 1.25–1.48; 16×1024×7×7 2 % faster, 8×1024×7×7 and
     // 4×2048×7×7 level, 1×1024×14×14 1–2 % slower, and so left in chunks). Seven eighths of the L3 at
     // most (25.7 MB of 32 here): a Xeon whose L3 reports 105 MB would otherwise take 32×512×28×28's 102 MB
     // whole, with no room left for the L3's other tenants (not measured there).
