@@ -127,6 +127,11 @@ pub(crate) trait Simd: Copy {
     fn prefetch_ahead(self, s: &[f32], ahead: usize) {
         prefetch_at(s.as_ptr().wrapping_add(ahead))
     }
+    /// Hints that the line at `p` will be read soon, into L2 (x86-64: `prefetcht1`); `p` may point
+    /// anywhere (a prefetch never faults); a no-op where the target has no prefetch instruction.
+    fn prefetch_l2_at(self, p: *const f32) {
+        prefetch_l2_ptr(p)
+    }
 }
 
 use crate::dispatch::Isa;
@@ -144,6 +149,18 @@ fn prefetch_l2(s: &[f32]) {
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = s;
+}
+/// Prefetches the line at `p` into L2 (x86-64: `prefetcht1`; elsewhere nothing). `p` may point anywhere.
+#[inline(always)]
+fn prefetch_l2_ptr(p: *const f32) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault, whatever the
+    // address (the pointer is never dereferenced).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.cast())
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
 }
 /// Prefetches the line at `p` (x86-64: `prefetcht0`; elsewhere nothing). `p` may point anywhere.
 #[inline(always)]

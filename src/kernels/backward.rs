@@ -21,13 +21,13 @@
 //! and dy), then its element pass while both are still in cache. Channels-last rows cannot be cut into
 //! such chunks (each channel spans the whole tensor): they are two passes over the tensor.
 
-use super::GROUP;
 #[cfg(target_pointer_width = "64")]
 use super::WIDE_GROUP;
 #[cfg(target_pointer_width = "64")]
 use super::ops::wide;
 use super::ops::{Kind, chunks_of, kind, row_len, row_width, train_chunk_of};
 use super::stats::Weight;
+use super::{GROUP, LINE_FLOATS};
 use crate::arch::Simd;
 use crate::layout::TensorDesc;
 use crate::tuning;
@@ -400,7 +400,34 @@ fn backward<S: BackPieces>(
         g
     };
     let count = p.sums.map_or(desc.shape().count(), |g| g.count);
-    for chunk in chunks_of(desc, step, g) {
+    // From memory, the element pass of a chunk fetches the next chunk's x and dy into L2 beside its own
+    // lines (`prefetcht1`, a line of each per line of dx): its reads from the cache and its streamed
+    // writes left memory idle for want of reads, and the next reduce half then waited on memory alone
+    // (one thread reads about 20 GB/s; with writes beside the reads, about 32). The two chunks together
+    // stay within seven eighths of the L3 (nChw16c 32×256×56×56's pair, 25.7 MB, was level). Zen 4, AVX-512, one thread, medians of 10 calls over 3 alternating runs (ms): NCHW
+    // 32×256×56×56 17.4–18.3 → 13.8–14.1, 32×512×28×28 8.7–9.1 → 7.0–7.6; nChw8c 32×256×56×56
+    // 15.1–16.4 → 14.7–15.4, 32×512×28×28 8.4–8.7 → 7.4–7.8; nChw4c 15.7–16.8 → 14.4–14.8 and
+    // 8.7–10.1 → 7.4–7.8; oneDNN 14.2 (nChw8c 56×56) and 7.0 (nChw8c 28×28). Not for channels-last
+    // rows (never chunked) nor for tensors the L3 holds.
+    let fetch = need_reduce
+        && !reduce_only
+        && !whole
+        && !matches!(kind(desc), Kind::Channels)
+        && desc.len().saturating_mul(2) > tn.stream_min_bytes;
+    let mut chunks = chunks_of(desc, step, g).peekable();
+    while let Some(chunk) = chunks.next() {
+        let width = chunk.1 - chunk.0;
+        let ahead = match chunks.peek() {
+            Some(&next)
+                if fetch
+                    && next.1 - next.0 == width
+                    && width.saturating_mul(desc.shape().count()).saturating_mul(16)
+                        <= tn.l3_bytes / 8 * 7 =>
+            {
+                width * desc.shape().spatial
+            }
+            _ => 0,
+        };
         // (The range is all channels but for `GradData::Totals`.)
         let (c0, c1) = (chunk.0.max(r0), chunk.1.min(r1));
         if c0 >= c1 {
@@ -443,21 +470,21 @@ fn backward<S: BackPieces>(
         let train = p.batch_stats;
         match (&mut data, &mut co) {
             (GradData::Split(dy, dx), Pats::Narrow(co)) => {
-                let d = Bufs { x, dy, dx };
+                let d = Bufs { x, dy, dx, ahead };
                 elem_range::<S, false, NARROW_PG>(s, desc, d, train, c0, c1, coef, co, stream)
             }
             (GradData::InPlace(dydx), Pats::Narrow(co)) => {
-                let d = Bufs { x, dy: &[], dx: dydx };
+                let d = Bufs { x, dy: &[], dx: dydx, ahead };
                 elem_range::<S, true, NARROW_PG>(s, desc, d, train, c0, c1, coef, co, false)
             }
             #[cfg(target_pointer_width = "64")]
             (GradData::Split(dy, dx), Pats::Wide(co)) => {
-                let d = Bufs { x, dy, dx };
+                let d = Bufs { x, dy, dx, ahead };
                 elem_range::<S, false, WIDE_PG>(s, desc, d, train, c0, c1, coef, co, stream)
             }
             #[cfg(target_pointer_width = "64")]
             (GradData::InPlace(dydx), Pats::Wide(co)) => {
-                let d = Bufs { x, dy: &[], dx: dydx };
+                let d = Bufs { x, dy: &[], dx: dydx, ahead };
                 elem_range::<S, true, WIDE_PG>(s, desc, d, train, c0, c1, coef, co, false)
             }
             (GradData::Reduce(..), _) => {}
@@ -1190,6 +1217,7 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const V: usize, const N
     let len = g.seg * g.count;
     let x = if TRAIN { &d.x[g.start..g.start + len] } else { d.x };
     let dy = if IP { d.dy } else { &d.dy[g.start..g.start + len] };
+    let ahead = Ahead::of::<IP>(d, g.start);
     let dx = &mut d.dx[g.start..g.start + len];
     let zero = s.splat(0.0);
     let mut i = 0;
@@ -1220,19 +1248,27 @@ fn elem_segs<S: Simd, const IP: bool, const TRAIN: bool, const V: usize, const N
                 }
                 let run = (x, dy, &mut *dx, i, inside);
                 match (g.masked, stream) {
-                    (true, true) => held_coefs::<S, IP, TRAIN, V, true, true>(s, run, &c, &mask),
-                    (true, false) => held_coefs::<S, IP, TRAIN, V, true, false>(s, run, &c, &mask),
-                    (false, true) => held_coefs::<S, IP, TRAIN, V, false, true>(s, run, &c, &mask),
-                    (false, false) => held_coefs::<S, IP, TRAIN, V, false, false>(s, run, &c, &mask),
+                    (true, true) => held_coefs::<S, IP, TRAIN, V, true, true>(s, run, &c, &mask, ahead),
+                    (true, false) => held_coefs::<S, IP, TRAIN, V, true, false>(s, run, &c, &mask, ahead),
+                    (false, true) => held_coefs::<S, IP, TRAIN, V, false, true>(s, run, &c, &mask, ahead),
+                    (false, false) => held_coefs::<S, IP, TRAIN, V, false, false>(s, run, &c, &mask, ahead),
                 }
             } else {
                 // The flags decided once per stretch, not per vector (their registers spilled).
                 let run = (x, dy, &mut *dx, i, inside);
                 match (g.masked, stream) {
-                    (true, true) => loaded_coefs::<S, IP, TRAIN, N, true, true>(s, run, co, pb, o, g.p),
-                    (true, false) => loaded_coefs::<S, IP, TRAIN, N, true, false>(s, run, co, pb, o, g.p),
-                    (false, true) => loaded_coefs::<S, IP, TRAIN, N, false, true>(s, run, co, pb, o, g.p),
-                    (false, false) => loaded_coefs::<S, IP, TRAIN, N, false, false>(s, run, co, pb, o, g.p),
+                    (true, true) => {
+                        loaded_coefs::<S, IP, TRAIN, N, true, true>(s, run, co, (pb, o, g.p), ahead)
+                    }
+                    (true, false) => {
+                        loaded_coefs::<S, IP, TRAIN, N, true, false>(s, run, co, (pb, o, g.p), ahead)
+                    }
+                    (false, true) => {
+                        loaded_coefs::<S, IP, TRAIN, N, false, true>(s, run, co, (pb, o, g.p), ahead)
+                    }
+                    (false, false) => {
+                        loaded_coefs::<S, IP, TRAIN, N, false, false>(s, run, co, (pb, o, g.p), ahead)
+                    }
                 }
             }
             i += inside * l;
@@ -1283,6 +1319,7 @@ fn held_coefs<
     (x, dy, dx, i, count): (&[f32], &[f32], &mut [f32], usize, usize),
     c: &[[S::V; 4]; V],
     mask: &[S::V; V],
+    ahead: Ahead,
 ) {
     const U: usize = 4;
     let l = S::LANES;
@@ -1290,6 +1327,7 @@ fn held_coefs<
     let mut k = 0;
     while k + U <= count {
         let at = i + k * l;
+        ahead.fetch(s, at, step);
         let xq = if TRAIN { &x[at..at + step] } else { x };
         let dq = if IP { dy } else { &dy[at..at + step] };
         let oq = &mut dx[at..at + step];
@@ -1332,9 +1370,8 @@ fn loaded_coefs<
     s: S,
     (x, dy, dx, i, count): (&[f32], &[f32], &mut [f32], usize, usize),
     co: &Coefs<'_, N>,
-    pb: usize,
-    o: usize,
-    p: usize,
+    (pb, o, p): (usize, usize, usize),
+    ahead: Ahead,
 ) {
     const U: usize = 4;
     let l = S::LANES;
@@ -1349,6 +1386,7 @@ fn loaded_coefs<
         let mut j = 0;
         while j + U <= n {
             let at = i + (k + j) * l;
+            ahead.fetch(s, at, step);
             let xq = if TRAIN { &x[at..at + step] } else { x };
             let dq = if IP { dy } else { &dy[at..at + step] };
             let oq = &mut dx[at..at + step];
@@ -1412,11 +1450,46 @@ fn segs_vector<S: Simd, const TRAIN: bool, const N: usize>(
     v
 }
 
-/// The element pass's buffers: `dy` is empty in place (read from `dx`).
+/// The element pass's buffers: `dy` is empty in place (read from `dx`). `ahead` (0 for none): the
+/// distance in floats from a position of this chunk to the same position of the next chunk, whose x and
+/// dy lines the pass fetches into L2 beside its own (see [`backward`]).
 pub(crate) struct Bufs<'a> {
     x: &'a [f32],
     dy: &'a [f32],
     dx: &'a mut [f32],
+    ahead: usize,
+}
+
+/// Where the next chunk's x and dy lie for the element pass of a run: position `at` of the run is at
+/// `x.wrapping_add(at)` and `dy.wrapping_add(at)` there (addresses only hinted at, never read).
+#[derive(Clone, Copy)]
+struct Ahead {
+    x: *const f32,
+    dy: *const f32,
+    on: bool,
+}
+
+impl Ahead {
+    /// The next chunk's lines for the run starting at position `start` of `d`'s buffers.
+    #[inline(always)]
+    fn of<const IP: bool>(d: &Bufs<'_>, start: usize) -> Ahead {
+        let dy = if IP { d.dx.as_ptr() } else { d.dy.as_ptr() };
+        let at = start.wrapping_add(d.ahead);
+        Ahead { x: d.x.as_ptr().wrapping_add(at), dy: dy.wrapping_add(at), on: d.ahead != 0 }
+    }
+
+    /// Fetches into L2 the next chunk's x and dy lines of positions `at..at + n` of the run.
+    #[inline(always)]
+    fn fetch<S: Simd>(&self, s: S, at: usize, n: usize) {
+        if self.on {
+            let mut o = 0;
+            while o < n {
+                s.prefetch_l2_at(self.x.wrapping_add(at + o));
+                s.prefetch_l2_at(self.dy.wrapping_add(at + o));
+                o += LINE_FLOATS;
+            }
+        }
+    }
 }
 
 /// `LANES` values of `dy` at `i` (from `dx` in place).
@@ -1588,6 +1661,7 @@ fn elem_planes<S: Simd, const IP: bool, const TRAIN: bool>(
     let len = seg * count;
     let x = if TRAIN { &d.x[at..at + len] } else { d.x };
     let dy = if IP { d.dy } else { &d.dy[at..at + len] };
+    let ahead = Ahead::of::<IP>(d, at);
     let dx = &mut d.dx[at..at + len];
     let zero = s.splat(0.0);
     let mut i = 0;
@@ -1604,6 +1678,7 @@ fn elem_planes<S: Simd, const IP: bool, const TRAIN: bool>(
     let (mut j, mut off) = (i / seg, i % seg);
     let mut cv = splat_coef(s, coef[j.min(count - 1)]);
     while i + l <= len {
+        ahead.fetch(s, i, l);
         let dyv = if IP { s.load(&dx[i..]) } else { s.load(&dy[i..]) };
         let xv = if TRAIN { s.load(&x[i..]) } else { dyv };
         let v = if off + l <= seg {
