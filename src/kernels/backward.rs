@@ -403,12 +403,15 @@ fn backward<S: BackPieces>(
     // From memory, the element pass of a chunk fetches the next chunk's x and dy into L2 beside its own
     // lines (`prefetcht1`, a line of each per line of dx): its reads from the cache and its streamed
     // writes left memory idle for want of reads, and the next reduce half then waited on memory alone
-    // (one thread reads about 20 GB/s; with writes beside the reads, about 32). The two chunks together
-    // stay within seven eighths of the L3 (nChw16c 32×256×56×56's pair, 25.7 MB, was level). Zen 4, AVX-512, one thread, medians of 10 calls over 3 alternating runs (ms): NCHW
-    // 32×256×56×56 17.4–18.3 → 13.8–14.1, 32×512×28×28 8.7–9.1 → 7.0–7.6; nChw8c 32×256×56×56
-    // 15.1–16.4 → 14.7–15.4, 32×512×28×28 8.4–8.7 → 7.4–7.8; nChw4c 15.7–16.8 → 14.4–14.8 and
-    // 8.7–10.1 → 7.4–7.8; oneDNN 14.2 (nChw8c 56×56) and 7.0 (nChw8c 28×28). Not for channels-last
-    // rows (never chunked) nor for tensors the L3 holds.
+    // (one thread reads about 20 GB/s; with writes beside the reads, about 32). Zen 4, AVX-512, one
+    // thread, medians of 10 calls over 3 alternating runs (ms): NCHW 32×256×56×56 17.4–18.3 →
+    // 13.8–14.1, 32×512×28×28 8.7–9.1 → 7.0–7.6; nChw8c 32×256×56×56 15.1–16.4 → 14.7–15.4,
+    // 32×512×28×28 8.4–8.7 → 7.4–7.8; nChw4c 15.7–16.8 → 14.4–14.8 and 8.7–10.1 → 7.4–7.8; nChw16c
+    // 32×512×28×28 7.2–8.1 → 6.7–6.9 (5 runs); oneDNN 14.2 (nChw8c 56×56), 7.0 (nChw8c 28×28) and
+    // 7.3–7.9 (nChw16c 28×28). The two chunks' x and dy together stay within half the L3:
+    // nChw16c 32×256×56×56's pair, 25.7 MB of a 32 MB L3 that the rest of the machine shares, went
+    // 14.5–16.7 → 14.9–16.9 ms (oneDNN 14.9–15.5). Not for channels-last rows (never chunked) nor for
+    // tensors the L3 holds.
     let fetch = need_reduce
         && !reduce_only
         && !whole
@@ -421,8 +424,7 @@ fn backward<S: BackPieces>(
             Some(&next)
                 if fetch
                     && next.1 - next.0 == width
-                    && width.saturating_mul(desc.shape().count()).saturating_mul(16)
-                        <= tn.l3_bytes / 8 * 7 =>
+                    && width.saturating_mul(desc.shape().count()).saturating_mul(16) <= tn.l3_bytes / 2 =>
             {
                 width * desc.shape().spatial
             }
