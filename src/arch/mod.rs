@@ -125,12 +125,12 @@ pub(crate) trait Simd: Copy {
     /// Hints that the line `ahead` floats past the start of `s` will be read soon, whether or not it is
     /// inside `s` (a prefetch never faults); a no-op where the target has no prefetch instruction.
     fn prefetch_ahead(self, s: &[f32], ahead: usize) {
-        prefetch_at(s.as_ptr().wrapping_add(ahead))
+        prefetch_at::<false>(s.as_ptr().wrapping_add(ahead))
     }
     /// Hints that the line at `p` will be read soon, into L2 (x86-64: `prefetcht1`); `p` may point
     /// anywhere (a prefetch never faults); a no-op where the target has no prefetch instruction.
     fn prefetch_l2_at(self, p: *const f32) {
-        prefetch_l2_ptr(p)
+        prefetch_at::<true>(p)
     }
 }
 
@@ -150,26 +150,16 @@ fn prefetch_l2(s: &[f32]) {
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = s;
 }
-/// Prefetches the line at `p` into L2 (x86-64: `prefetcht1`; elsewhere nothing). `p` may point anywhere.
+/// Prefetches the line at `p`, into L2 with `L2` (x86-64: `prefetcht1`), into L1 otherwise
+/// (`prefetcht0`); elsewhere nothing. `p` may point anywhere.
 #[inline(always)]
-fn prefetch_l2_ptr(p: *const f32) {
+fn prefetch_at<const L2: bool>(p: *const f32) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault, whatever the
     // address (the pointer is never dereferenced).
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.cast())
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
-}
-/// Prefetches the line at `p` (x86-64: `prefetcht0`; elsewhere nothing). `p` may point anywhere.
-#[inline(always)]
-fn prefetch_at(p: *const f32) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault, whatever the
-    // address (the pointer is never dereferenced).
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+        use core::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
+        if L2 { _mm_prefetch::<_MM_HINT_T1>(p.cast()) } else { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
