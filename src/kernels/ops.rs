@@ -488,8 +488,11 @@ fn training<S: Outlined, I: Io, const G: usize, const PB: usize, const CH: bool,
     let mut scratch = [0.0f32; G];
     let (mut lo, mut shift) = ([0.0f32; G], [0.0f32; G]);
     let step = train_chunk::<G>(desc, t.train_chunk_bytes);
-    // Seven eighths of L2 (the rest for parameters, statistics and set conflicts), or two chunks.
-    let pair = (2 * t.train_chunk_bytes).max(t.l2_bytes / 8 * 7);
+    // Seven eighths of L2 (the rest for parameters, statistics and set conflicts), or two chunks; from
+    // memory, a quarter of the L3 (below).
+    let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
+    let pair =
+        (2 * t.train_chunk_bytes).max(t.l2_bytes / 8 * 7).max(if from_memory { t.l3_bytes / 4 } else { 0 });
     let mut parts = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = parts.next() {
         let (m, v, lo) = (&mut mean[c0..c1], &mut var[c0..c1], &mut lo[..c1 - c0]);
@@ -503,7 +506,13 @@ fn training<S: Outlined, I: Io, const G: usize, const PB: usize, const CH: bool,
         // fit in L2 together (a larger pair would evict the chunk being read). That is a test of the
         // pair, not of the chunk size: a single channel of more than a chunk (NCHW 32×256×56×56, 401 KB
         // a channel, chunks of 256 KB on a 1 MB L2) still overlaps its successor's reads with its writes
-        // (Zen 4, r50-s2 NCHW training on AVX-512: 16 → 17.3–19.1 GB/s).
+        // (Zen 4, r50-s2 NCHW training on AVX-512: 16 → 17.3–19.1 GB/s). From memory the pair may
+        // fill a quarter of the L3: the chunk being normalised is re-read from the L3 either way, and
+        // its successor's reads then overlap its writes, as in the backward pass. Zen 4, AVX-512, one
+        // thread, medians of 10 calls, old and new builds alternating 3 times (ms): NCHW 32×64×112×112
+        // (a channel of 1.6 MB) 8.1–8.7 → 7.3–7.7; nChw8c 32×256×56×56 8.1–8.6 → 7.9–8.4; nChw16c
+        // 32×512×28×28 4.4–4.5 → 4.1–4.8; nChw4c 32×512×28×28 level. nChw16c 32×256×56×56's pair of
+        // 12.8 MB is past the quarter (half the L3 was no better for it).
         let mut pf = match parts.peek() {
             Some(&(n0, n1)) if chunk_bytes(desc, c0, c1) + chunk_bytes(desc, n0, n1) <= pair => {
                 chunk_lines(desc, n0, n1)
