@@ -51,7 +51,7 @@ use crate::api::{
 use crate::dispatch::{Isa, Kernels};
 use crate::kernels::Epi;
 use crate::kernels::backward::{BackOut, BackParams, Coef, GradData, Totals, coefs_from_totals};
-use crate::kernels::ops::{Call, Data, ParamSrc};
+use crate::kernels::ops::{Call, Data, ParamSrc, in_l3};
 use crate::kernels::stats::Weight;
 use crate::layout::{Layout, Part, TensorDesc};
 use crate::partial::Partial;
@@ -177,13 +177,6 @@ fn back_plan(desc: &TensorDesc, need_sums: bool) -> BackPlan {
         // sums read two tensors).
         BackPlan::Parts
     }
-}
-
-/// Whether the plans treat a tensor as one the L3 holds: at most twice the non-temporal threshold (half
-/// the L3, 16 MB on a 32 MB L3: `crate::tuning`). `BNORM_STREAM_MIN_BYTES=0` makes every tensor come
-/// from memory.
-fn in_l3(desc: &TensorDesc) -> bool {
-    desc.len().saturating_mul(2) <= crate::tuning::get().stream_min_bytes
 }
 
 /// The narrowest channels-last rows whose gradient sums are cut by columns past 1 MB ([`back_plan`]): the

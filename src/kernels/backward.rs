@@ -25,7 +25,7 @@
 use super::WIDE_GROUP;
 #[cfg(target_pointer_width = "64")]
 use super::ops::wide;
-use super::ops::{Kind, chunks_of, kind, row_len, row_width, train_chunk_of};
+use super::ops::{Kind, chunks_of, in_l3, kind, row_len, row_width, train_chunk_of};
 use super::stats::Weight;
 use super::{GROUP, LINE_FLOATS};
 use crate::arch::Simd;
@@ -405,18 +405,15 @@ fn backward<S: BackPieces>(
     // writes left memory idle for want of reads, and the next reduce half then waited on memory alone
     // (one thread reads about 20 GB/s; with writes beside the reads, about 32). Zen 4, AVX-512, one
     // thread, medians of 10 calls over 3 alternating runs (ms): NCHW 32×256×56×56 17.4–18.3 →
-    // 13.8–14.1, 32×512×28×28 8.7–9.1 → 7.0–7.6; nChw8c 32×256×56×56 15.1–16.4 → 14.7–15.4,
+    // 13.8–14.1, 32×512×28×28 8.7–9.1 → 7.0–7.6; nChw8c 32×256×56×56 14.6–16.4 → 14.4–16.0 (8 runs),
     // 32×512×28×28 8.4–8.7 → 7.4–7.8; nChw4c 15.7–16.8 → 14.4–14.8 and 8.7–10.1 → 7.4–7.8; nChw16c
-    // 32×512×28×28 7.2–8.1 → 6.7–6.9 (5 runs); oneDNN 14.2 (nChw8c 56×56), 7.0 (nChw8c 28×28) and
-    // 7.3–7.9 (nChw16c 28×28). The two chunks' x and dy together stay within half the L3:
+    // 32×512×28×28 7.2–8.1 → 6.7–6.9 (5 runs); oneDNN 13.4–14.9 (nChw8c 56×56), 7.0 (nChw8c 28×28)
+    // and 7.3–7.9 (nChw16c 28×28). The two chunks' x and dy together stay within half the L3:
     // nChw16c 32×256×56×56's pair, 25.7 MB of a 32 MB L3 that the rest of the machine shares, went
     // 14.5–16.7 → 14.9–16.9 ms (oneDNN 14.9–15.5). Not for channels-last rows (never chunked) nor for
     // tensors the L3 holds.
-    let fetch = need_reduce
-        && !reduce_only
-        && !whole
-        && !matches!(kind(desc), Kind::Channels)
-        && desc.len().saturating_mul(2) > tn.stream_min_bytes;
+    let fetch =
+        need_reduce && !reduce_only && !whole && !matches!(kind(desc), Kind::Channels) && !in_l3(desc);
     let mut chunks = chunks_of(desc, step, g).peekable();
     while let Some(chunk) = chunks.next() {
         let width = chunk.1 - chunk.0;

@@ -300,6 +300,14 @@ pub(crate) fn relu_grad_op<S: Simd, I: Io>(s: S, y: &[f32], io: &mut I) {
     }
 }
 
+/// Whether the plans treat a tensor as one the L3 holds: at most twice the non-temporal threshold (half
+/// the L3, 16 MB on a 32 MB L3: `crate::tuning`), else it comes from memory. The parallel plans, the
+/// training pair and the backward's next-chunk fetch all go by it. `BNORM_STREAM_MIN_BYTES=0` makes
+/// every tensor come from memory.
+pub(crate) fn in_l3(desc: &TensorDesc) -> bool {
+    desc.len().saturating_mul(2) <= tuning::get().stream_min_bytes
+}
+
 /// Channels-last rows wider than [`GROUP`]: run with [`WIDE_GROUP`]-sized scratch.
 #[inline(always)]
 pub(super) fn wide(desc: &TensorDesc) -> bool {
@@ -490,9 +498,8 @@ fn training<S: Outlined, I: Io, const G: usize, const PB: usize, const CH: bool,
     let step = train_chunk::<G>(desc, t.train_chunk_bytes);
     // Seven eighths of L2 (the rest for parameters, statistics and set conflicts), or two chunks; from
     // memory, a quarter of the L3 (below).
-    let from_memory = desc.len().saturating_mul(2) > t.stream_min_bytes;
     let pair =
-        (2 * t.train_chunk_bytes).max(t.l2_bytes / 8 * 7).max(if from_memory { t.l3_bytes / 4 } else { 0 });
+        (2 * t.train_chunk_bytes).max(t.l2_bytes / 8 * 7).max(if in_l3(desc) { 0 } else { t.l3_bytes / 4 });
     let mut parts = chunks::<G>(desc, step).peekable();
     while let Some((c0, c1)) = parts.next() {
         let (m, v, lo) = (&mut mean[c0..c1], &mut var[c0..c1], &mut lo[..c1 - c0]);
